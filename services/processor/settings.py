@@ -1,0 +1,8 @@
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ProcessorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WABUS_PROCESSOR_", frozen=True, extra="ignore")
+
+    port: int = Field(8081, ge=0, le=65535)

@@ -1,0 +1,274 @@
+"""Every event wabus publishes, and where each one travels (DESIGN.md, Events).
+
+One table maps event type ⇄ model ⇄ exchange ⇄ routing key; the routing key is the type.
+A new event, or a new version of one, enters here and in docs/events.md first.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .envelope import Envelope, Event, UtcDatetime
+from .errors import InvalidEvent, UnknownEventType, UnsupportedEventVersion
+
+
+def exchange_of(service: str) -> str:
+    return f"wabus.{service}"
+
+
+# --- shared parts -----------------------------------------------------------------------------
+
+PART = ConfigDict(frozen=True, extra="forbid")
+
+
+class Provider(StrEnum):
+    WAHA = "waha"
+    EVOLUTION = "evolution"
+    META = "meta"
+    LOG = "log"
+
+
+class Direction(StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class MessageKind(StrEnum):
+    TEXT = "text"
+    MEDIA = "media"
+    LOCATION = "location"
+    REACTION = "reaction"
+    EDIT = "edit"
+    REVOKE = "revoke"
+    OTHER = "other"
+
+
+class Media(BaseModel):
+    model_config = PART
+    url: str | None = None
+    mimetype: str | None = None
+    filename: str | None = None
+    caption: str | None = None
+
+
+class Location(BaseModel):
+    model_config = PART
+    latitude: float
+    longitude: float
+    name: str | None = None
+    address: str | None = None
+
+
+class WhatsAppMessage(BaseModel):
+    """One message in the same shape whichever provider carried it."""
+
+    model_config = PART
+
+    provider: Provider
+    provider_message_id: str = Field(min_length=1)
+    chat_id: str = Field(min_length=1)
+    sender: str | None = None  # E.164
+    sender_name: str | None = None
+    is_group: bool = False
+    participant: str | None = None
+    direction: Direction = Direction.INBOUND
+    kind: MessageKind = MessageKind.TEXT
+    text: str | None = None
+    media: Media | None = None
+    location: Location | None = None
+    reply_to: str | None = None
+    target_message_id: str | None = None  # what an edit, revoke or reaction points at
+    reaction: str | None = None  # "" removes a reaction
+    sent_at: UtcDatetime
+
+
+class AckStatus(StrEnum):
+    FAILED = "failed"
+    PENDING = "pending"
+    SERVER = "server"
+    DELIVERED = "delivered"
+    READ = "read"
+    PLAYED = "played"
+
+
+class SessionStatus(StrEnum):
+    STARTING = "starting"
+    SCAN_QR = "scan_qr"
+    WORKING = "working"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+# --- gateway ----------------------------------------------------------------------------------
+
+
+class WhatsAppMessageReceived(Event):
+    type = "whatsapp.message.received"
+    message: WhatsAppMessage
+
+
+class WhatsAppMessageAck(Event):
+    type = "whatsapp.message.ack"
+    provider: Provider
+    provider_message_id: str = Field(min_length=1)
+    chat_id: str | None = None
+    status: AckStatus
+    at: UtcDatetime
+
+
+class WhatsAppSessionStatusChanged(Event):
+    type = "whatsapp.session.status"
+    provider: Provider
+    session: str = Field(min_length=1)
+    status: SessionStatus
+    connected: bool
+    at: UtcDatetime
+
+
+# --- processor --------------------------------------------------------------------------------
+
+
+class Intent(BaseModel):
+    model_config = PART
+    name: str = Field(min_length=1)  # join_queue, position, leave, subscribe, help, stop, start
+    arguments: dict[str, str] = Field(default_factory=dict)
+
+
+class MessageProcessed(Event):
+    type = "message.processed"
+    message: WhatsAppMessage
+    conversation_id: str
+    intent: Intent | None = None
+    language: str | None = None
+    reply_text: str | None = None
+    processing_ms: float = Field(ge=0)
+
+
+# --- scheduler --------------------------------------------------------------------------------
+
+
+class QueueOpened(Event):
+    type = "queue.opened"
+    department: str = Field(min_length=1)
+    department_name: str
+    opened_at: UtcDatetime
+    opened_by: str
+    reason: str | None = None
+    closes_at: UtcDatetime | None = None
+
+
+class QueueClosed(Event):
+    type = "queue.closed"
+    department: str = Field(min_length=1)
+    closed_at: UtcDatetime
+    closed_by: str
+    reason: str | None = None
+
+
+class QueueStatusChanged(Event):
+    type = "queue.status.changed"
+    department: str = Field(min_length=1)
+    is_open: bool
+    message: str | None = None
+    waiting: int = Field(ge=0)
+    estimated_wait_s: float | None = Field(default=None, ge=0)
+    current_ticket: str | None = None
+
+
+class TicketIssued(Event):
+    type = "ticket.issued"
+    department: str = Field(min_length=1)
+    ticket: str
+    chat_id: str
+    position: int = Field(ge=1)
+    estimated_wait_s: float | None = Field(default=None, ge=0)
+
+
+class TurnReached(Event):
+    type = "turn.reached"
+    department: str = Field(min_length=1)
+    ticket: str
+    chat_id: str
+    counter: str | None = None
+
+
+# --- notifier ---------------------------------------------------------------------------------
+
+
+class NotificationStatusChanged(Event):
+    type = "notification.status"
+    notification_id: str
+    status: str
+    provider_message_id: str | None = None
+    reason: str | None = None
+
+
+class BroadcastStatusChanged(Event):
+    type = "broadcast.status"
+    broadcast_id: str
+    status: str
+    total: int = Field(ge=0)
+    sent: int = Field(ge=0)
+    failed: int = Field(ge=0)
+
+
+# --- the catalogue ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    model: type[Event]
+    exchange: str
+
+    @property
+    def routing_key(self) -> str:
+        return self.model.type
+
+
+def _routes(service: str, *models: type[Event]) -> dict[tuple[str, int], Route]:
+    return {(m.type, m.version): Route(m, exchange_of(service)) for m in models}
+
+
+CATALOG: dict[tuple[str, int], Route] = {
+    **_routes("gateway", WhatsAppMessageReceived, WhatsAppMessageAck, WhatsAppSessionStatusChanged),
+    **_routes("processor", MessageProcessed),
+    **_routes("scheduler", QueueOpened, QueueClosed, QueueStatusChanged, TicketIssued, TurnReached),
+    **_routes("notifier", NotificationStatusChanged, BroadcastStatusChanged),
+}
+
+
+def route_of(event_type: str, version: int) -> Route:
+    route = CATALOG.get((event_type, version))
+    if route is None:
+        versions = sorted(v for (t, v) in CATALOG if t == event_type)
+        if not versions:
+            raise UnknownEventType(event_type)
+        raise UnsupportedEventVersion(event_type, version, versions)
+    return route
+
+
+def decode(body: bytes | str) -> Envelope:
+    """Parse an envelope into its typed model, or say exactly why it cannot be."""
+    try:
+        raw: Any = json.loads(body)
+    except ValueError as exc:
+        raise InvalidEvent(f"body is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise InvalidEvent("envelope must be a JSON object")
+    event_type, version = raw.get("type"), raw.get("version")
+    if not isinstance(event_type, str):
+        raise UnknownEventType(event_type)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise UnsupportedEventVersion(event_type, version, [])
+    route = route_of(event_type, version)
+    try:
+        return Envelope[route.model].model_validate(raw)  # type: ignore[name-defined]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidEvent(f"{event_type} v{version}: {where}: {first['msg']}") from None

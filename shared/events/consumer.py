@@ -1,0 +1,302 @@
+"""Consuming with an inbox: each event is applied once, retried with backoff, or dead-lettered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiormq
+import asyncpg
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+
+from . import db, outbox
+from .catalog import decode
+from .envelope import Envelope
+from .errors import DatabaseUnavailable, InvalidEvent, PermanentFailure, PublishFailed
+from .logs import log_context
+from .metrics import Metrics
+from .publisher import Publisher, build_message
+from .topology import Subscription, retry_queue
+
+log = logging.getLogger(__name__)
+
+ATTEMPT_HEADER = "x-wabus-attempt"
+HISTORY_HEADER = "x-wabus-history"
+_ERROR_LIMIT = 2000
+
+_INSERT_INBOX = """
+INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true
+"""
+
+_INSERT_FAILED = """
+INSERT INTO failed_events (subscription, event_id, event_type, tenant_id, body, headers, reason, attempts, history)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb)
+RETURNING id
+"""
+
+
+def backoff_s(attempt: int, *, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
+    """Delay before the attempt after `attempt`: exponential, capped, with jitter in [½, 1]."""
+    ceiling = min(max_s, base_s * 2 ** (attempt - 1))
+    return ceiling * (0.5 + 0.5 * (rng or random).random())
+
+
+def attempt_of(message: AbstractIncomingMessage) -> int:
+    value = (message.headers or {}).get(ATTEMPT_HEADER, 1)
+    try:
+        return max(1, int(value))
+    except (TypeError, ValueError):
+        return 1
+
+
+def history_of(message: AbstractIncomingMessage) -> list[dict[str, Any]]:
+    raw = (message.headers or {}).get(HISTORY_HEADER)
+    if isinstance(raw, bytes):
+        raw = raw.decode(errors="replace")
+    try:
+        history = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    return history if isinstance(history, list) else []
+
+
+def _json_safe_headers(message: AbstractIncomingMessage) -> str:
+    return json.dumps(message.headers or {}, default=str)
+
+
+async def store_failed(
+    pool: asyncpg.Pool,
+    *,
+    subscription: str,
+    message: AbstractIncomingMessage,
+    envelope: Envelope | None,
+    reason: str,
+    attempts: int,
+    history: list[dict[str, Any]],
+) -> int:
+    async with db.transaction(pool) as conn:
+        return await conn.fetchval(
+            _INSERT_FAILED,
+            subscription,
+            str(envelope.id) if envelope else message.message_id,
+            envelope.type if envelope else message.type,
+            envelope.tenant_id if envelope else None,
+            message.body,
+            _json_safe_headers(message),
+            reason[:_ERROR_LIMIT],
+            attempts,
+            json.dumps(history),
+        )
+
+
+@dataclass
+class EventConsumer:
+    """Applies one subscription's events: inbox row, handler effects and caused events commit together."""
+
+    service: str
+    subscription: Subscription
+    pool: asyncpg.Pool
+    publisher: Publisher
+    make_uow: Callable[[asyncpg.Connection], Any]
+    metrics: Metrics
+    unavailable_backoff_s: float
+    stopping: asyncio.Event
+
+    async def process(self, message: AbstractIncomingMessage) -> bool:
+        """Settle one delivery; False leaves it unacked, to be redelivered."""
+        sub = self.subscription
+        attempt = attempt_of(message)
+        try:
+            envelope = decode(message.body)
+        except InvalidEvent as exc:
+            return await self._dead_letter(message, None, f"invalid event: {exc}", attempt, event="invalid")
+
+        with log_context(event_id=envelope.id, correlation_id=envelope.correlation_id,
+                         causation_id=envelope.causation_id, tenant_id=envelope.tenant_id):
+            started = time.perf_counter()
+            try:
+                outcome = await self._until_database(lambda: self._apply(envelope))
+            except _Stopping:
+                return False
+            except PermanentFailure as exc:
+                return await self._dead_letter(message, envelope, f"{type(exc).__name__}: {exc}", attempt)
+            except Exception as exc:  # noqa: BLE001 - any handler error is retried, then dead-lettered
+                return await self._retry(message, envelope, exc, attempt)
+            self.metrics.handler_duration.labels(self.service, sub.queue, envelope.type).observe(
+                time.perf_counter() - started
+            )
+            self.metrics.consumed.labels(self.service, sub.queue, envelope.type, outcome).inc()
+            if outcome == "duplicate":
+                log.info("duplicate event skipped", extra={"subscription": sub.queue, "event": envelope.type})
+            return True
+
+    async def _apply(self, envelope: Envelope) -> str:
+        async with db.transaction(self.pool) as conn:
+            first_time = await conn.fetchval(_INSERT_INBOX, self.subscription.queue, envelope.id)
+            if not first_time:
+                return "duplicate"  # redelivery; the effect is already committed
+            caused = await self.subscription.handler(envelope, self.make_uow(conn))
+            await outbox.add(conn, [c if isinstance(c, Envelope) else envelope.child(c) for c in caused or ()])
+        return "applied"
+
+    async def _until_database(self, work: Callable[[], Awaitable[Any]]) -> Any:
+        return await until_database(work, stopping=self.stopping, backoff_s=self.unavailable_backoff_s,
+                                    metrics=self.metrics, service=self.service)
+
+    async def _retry(self, message: AbstractIncomingMessage, envelope: Envelope, exc: Exception,
+                     attempt: int) -> bool:
+        sub = self.subscription
+        history = [*history_of(message), _failure(attempt, exc)]
+        if attempt >= sub.max_attempts:
+            return await self._dead_letter(
+                message, envelope, f"gave up after {attempt} attempts: {_describe(exc)}", attempt, history=history
+            )
+        delay = backoff_s(attempt, base_s=sub.retry_base_s, max_s=sub.retry_max_s)
+        retry = build_message(
+            body=message.body, event_id=str(envelope.id), event_type=envelope.type,
+            correlation_id=envelope.correlation_id, occurred_at=envelope.occurred_at,
+            headers={**(message.headers or {}), ATTEMPT_HEADER: attempt + 1, HISTORY_HEADER: json.dumps(history)},
+            expiration_s=delay,
+        )
+        try:
+            await self.publisher.send("", retry_queue(sub.queue, attempt), retry)
+        except PublishFailed as publish_exc:
+            log.warning("retry not scheduled; delivery left for redelivery", extra={"error": str(publish_exc)})
+            return False
+        self.metrics.retries.labels(self.service, sub.queue, envelope.type).inc()
+        self.metrics.consumed.labels(self.service, sub.queue, envelope.type, "retried").inc()
+        log.warning(
+            "handler failed; retry scheduled",
+            extra={"subscription": sub.queue, "attempt": attempt, "delay_s": round(delay, 3), "error": _describe(exc)},
+        )
+        return True
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, envelope: Envelope | None, reason: str,
+                           attempt: int, *, history: list[dict[str, Any]] | None = None,
+                           event: str | None = None) -> bool:
+        sub = self.subscription
+        try:
+            failed_id = await self._until_database(lambda: store_failed(
+                self.pool, subscription=sub.queue, message=message, envelope=envelope, reason=reason,
+                attempts=attempt, history=history if history is not None else history_of(message),
+            ))
+        except _Stopping:
+            return False
+        event_type = event or (envelope.type if envelope else "unknown")
+        kind = "invalid" if envelope is None else ("exhausted" if history else "permanent")
+        self.metrics.dead_letters.labels(self.service, sub.queue, kind).inc()
+        self.metrics.consumed.labels(self.service, sub.queue, event_type, "dead_lettered").inc()
+        log.error("event dead-lettered", extra={"subscription": sub.queue, "failed_id": failed_id, "reason": reason})
+        return True
+
+
+@dataclass
+class DeadLetterCollector:
+    """Stores what the broker dead-lettered by itself (a crash loop hit the delivery limit)."""
+
+    service: str
+    pool: asyncpg.Pool
+    metrics: Metrics
+    unavailable_backoff_s: float
+    stopping: asyncio.Event
+
+    async def process(self, message: AbstractIncomingMessage) -> bool:
+        headers = message.headers or {}
+        queue = str(headers.get("x-first-death-queue", "unknown"))
+        reason = str(headers.get("x-first-death-reason", "unknown"))
+        envelope = None
+        try:
+            envelope = decode(message.body)
+        except InvalidEvent:
+            pass
+        try:
+            await until_database(
+                lambda: store_failed(
+                    self.pool, subscription=queue, message=message, envelope=envelope,
+                    reason=f"broker dead-lettered: {reason}", attempts=attempt_of(message),
+                    history=history_of(message),
+                ),
+                stopping=self.stopping, backoff_s=self.unavailable_backoff_s, metrics=self.metrics,
+                service=self.service,
+            )
+        except _Stopping:
+            return False
+        self.metrics.dead_letters.labels(self.service, queue, reason).inc()
+        log.error("broker dead-lettered an event", extra={"subscription": queue, "reason": reason})
+        return True
+
+
+class QueueWorker:
+    """Feeds one queue's deliveries to `process`, acking each one on its own after it settles."""
+
+    def __init__(self, queue_name: str, prefetch: int, process: Callable[[AbstractIncomingMessage], Awaitable[bool]],
+                 *, stop_timeout_s: float):
+        self.queue_name = queue_name
+        self._prefetch = prefetch
+        self._process = process
+        self._stop_timeout_s = stop_timeout_s
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._inflight: set[asyncio.Task] = set()
+
+    async def start(self, connection: AbstractRobustConnection) -> None:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=self._prefetch)
+        self._queue = await channel.get_queue(self.queue_name, ensure=True)
+        self._tag = await self._queue.consume(self._on_message)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight.add(task)
+        try:
+            settled = await self._process(message)
+            if settled:
+                await message.ack()
+        except Exception:  # noqa: BLE001 - a bug here must not kill the consumer; the broker redelivers
+            log.exception("delivery not settled", extra={"queue": self.queue_name})
+        finally:
+            self._inflight.discard(task)
+
+    async def stop(self) -> None:
+        """Stop taking deliveries, then let the ones in flight finish."""
+        if self._queue is not None and self._tag is not None:
+            try:
+                await asyncio.wait_for(self._queue.cancel(self._tag), timeout=5)
+            except (TimeoutError, aiormq.exceptions.AMQPError, RuntimeError, ConnectionError):
+                pass  # the channel is gone; its unacked deliveries return to the queue
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=self._stop_timeout_s)
+
+
+class _Stopping(Exception):
+    """Shutting down while waiting for the database: leave the delivery unacked."""
+
+
+async def until_database(work: Callable[[], Awaitable[Any]], *, stopping: asyncio.Event, backoff_s: float,
+                         metrics: Metrics, service: str) -> Any:
+    """Run `work`, waiting out database outages: nobody's fault, so no attempt is spent."""
+    while True:
+        try:
+            return await work()
+        except DatabaseUnavailable as exc:
+            if stopping.is_set():
+                raise _Stopping from exc
+            metrics.database_waits.labels(service).inc()
+            log.warning("database unavailable; delivery held", extra={"error": str(exc)})
+            await asyncio.sleep(backoff_s)
+
+
+def _failure(attempt: int, exc: BaseException) -> dict[str, Any]:
+    return {"attempt": attempt, "error": _describe(exc)[:_ERROR_LIMIT], "at": datetime.now(UTC).isoformat()}
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,77 @@
+"""The HTTP parts every service shares: health, readiness, metrics and error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from .logs import log_context
+
+log = logging.getLogger(__name__)
+
+CORRELATION_HEADER = "X-Correlation-Id"
+
+
+class NotFound(Exception):
+    """A domain lookup found nothing (or nothing this tenant may see): 404."""
+
+
+def problem(status: int, reason: str, **details: object) -> web.Response:
+    return web.json_response({"error": reason, **details}, status=status)
+
+
+def validation_problem(exc: ValidationError) -> web.Response:
+    errors = [
+        {"field": ".".join(str(p) for p in e["loc"]) or None, "reason": e["msg"]} for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"field": None, "reason": "invalid"}
+    return problem(422, "invalid request", field=first["field"], reason=first["reason"], errors=errors)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """Correlate the request, map domain errors to HTTP, and log the unexpected as 500."""
+    correlation_id = request.headers.get(CORRELATION_HEADER) or str(uuid.uuid4())
+    with log_context(correlation_id=correlation_id):
+        try:
+            response = await handler(request)
+        except web.HTTPException:
+            raise
+        except ValidationError as exc:
+            response = validation_problem(exc)
+        except NotFound as exc:
+            response = problem(404, str(exc) or "not found")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("request failed", extra={"path": request.path, "method": request.method})
+            response = problem(500, "internal error", correlation_id=correlation_id)
+        response.headers.setdefault(CORRELATION_HEADER, correlation_id)
+        return response
+
+
+def health_routes(readiness: Callable[[], Awaitable[dict[str, str]]], metrics_text: Callable[[], Awaitable[bytes]]):
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        checks = await readiness()
+        ready = all(v == "ok" for v in checks.values())
+        return web.json_response({"status": "ready" if ready else "not ready", "checks": checks},
+                                 status=200 if ready else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = await metrics_text()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics)]
+
+
+def render_metrics(registry) -> bytes:
+    return generate_latest(registry)

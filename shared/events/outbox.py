@@ -1,0 +1,142 @@
+"""The transactional outbox: events are rows until the broker confirms them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import asyncpg
+
+from . import db
+from .catalog import route_of
+from .envelope import Envelope
+from .errors import DatabaseUnavailable, PublishFailed
+from .metrics import Metrics
+from .publisher import Publisher, build_message
+
+log = logging.getLogger(__name__)
+
+_INSERT = """
+INSERT INTO outbox (event_id, event_type, correlation_id, occurred_at, exchange, routing_key, body, headers)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[],
+                     $7::text[], $8::jsonb[])
+"""
+
+_CLAIM = """
+SELECT seq, event_id, event_type, correlation_id, occurred_at, exchange, routing_key, body, headers
+FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
+"""
+
+_DELETE = "DELETE FROM outbox WHERE seq = ANY($1::bigint[])"
+
+_BACKLOG = "SELECT count(*), extract(epoch FROM clock_timestamp() - min(created_at)) FROM outbox"
+
+
+async def add(conn: asyncpg.Connection, envelopes: Iterable[Envelope],
+              headers: Mapping[str, Any] | None = None) -> None:
+    """Write events in the caller's transaction: they are published only if it commits."""
+    rows = list(envelopes)
+    if not rows:
+        return
+    routes = [route_of(e.type, e.version) for e in rows]
+    extra = json.dumps(dict(headers or {}))
+    await conn.execute(
+        _INSERT,
+        [e.id for e in rows], [e.type for e in rows], [e.correlation_id for e in rows],
+        [e.occurred_at for e in rows], [r.exchange for r in routes], [r.routing_key for r in routes],
+        [e.model_dump_json() for e in rows], [extra] * len(rows),
+    )
+
+
+async def backlog(conn: asyncpg.Connection) -> tuple[int, float]:
+    count, oldest = await conn.fetchrow(_BACKLOG)
+    return count, float(oldest or 0.0)
+
+
+class Relay:
+    """Publishes a service's outbox rows, deleting each only after its own confirm."""
+
+    def __init__(self, *, pool: asyncpg.Pool, dsn: str, schema: str, publisher: Publisher, metrics: Metrics,
+                 batch_size: int, poll_interval_s: float, connect_timeout_s: float):
+        self._pool = pool
+        self._dsn = dsn
+        self._schema = schema
+        self._publisher = publisher
+        self._metrics = metrics
+        self._batch_size = batch_size
+        self._poll_interval_s = poll_interval_s
+        self._connect_timeout_s = connect_timeout_s
+        self._wake = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+
+    async def drain(self) -> int:
+        """Publish until the outbox is empty or the broker fails; returns rows published."""
+        total = 0
+        while True:
+            published, claimed = await self._publish_batch()
+            total += published
+            if published < claimed:
+                raise PublishFailed(f"{claimed - published} of {claimed} outbox rows not confirmed")
+            if claimed < self._batch_size:
+                return total
+
+    async def _publish_batch(self) -> tuple[int, int]:
+        async with db.transaction(self._pool) as conn:
+            rows = await conn.fetch(_CLAIM, self._batch_size)
+            if not rows:
+                return 0, 0
+            # Publish the batch together, but delete only the rows whose own confirm arrived.
+            results = await asyncio.gather(*(self._publish_row(r) for r in rows), return_exceptions=True)
+            confirmed = [r["seq"] for r, res in zip(rows, results, strict=True) if res is None]
+            for res in results:
+                if isinstance(res, BaseException) and not isinstance(res, PublishFailed):
+                    raise res
+            await conn.execute(_DELETE, confirmed)
+            return len(confirmed), len(rows)
+
+    async def _publish_row(self, row: asyncpg.Record) -> None:
+        message = build_message(
+            body=row["body"].encode(), event_id=str(row["event_id"]), event_type=row["event_type"],
+            correlation_id=row["correlation_id"], occurred_at=row["occurred_at"],
+            headers=json.loads(row["headers"]),
+        )
+        await self._publisher.send(row["exchange"], row["routing_key"], message)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Drain on every NOTIFY, and on a poll in case a notification was missed."""
+        failures = 0
+        while not stopping.is_set():
+            await self._ensure_listening()
+            try:
+                await self.drain()
+                failures = 0
+            except (PublishFailed, DatabaseUnavailable) as exc:
+                failures += 1
+                log.warning("outbox relay paused", extra={"error": str(exc), "failures": failures})
+            delay = self._poll_interval_s if failures == 0 else min(30.0, 0.5 * 2 ** min(failures, 6))
+            waker = asyncio.ensure_future(self._wake.wait())
+            stopper = asyncio.ensure_future(stopping.wait())
+            await asyncio.wait({waker, stopper}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+            waker.cancel()
+            stopper.cancel()
+            self._wake.clear()
+
+    async def _ensure_listening(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            self._listener = await db.connect(self._dsn, self._schema, timeout=self._connect_timeout_s)
+            await self._listener.add_listener(f"{self._schema}.outbox", lambda *_: self._wake.set())
+        except (*db.CONNECTION_ERRORS, OSError, TimeoutError) as exc:
+            self._listener = None  # polling carries on until the database is back
+            log.warning("outbox listener unavailable", extra={"error": str(exc)})
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._listener.close(), timeout=5)
+            self._listener = None

@@ -1,0 +1,102 @@
+"""Publishing with confirms: a publish returns only once the broker has taken the message."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from .catalog import route_of
+from .envelope import Envelope
+from .errors import PublishFailed
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def build_message(
+    *,
+    body: bytes,
+    event_id: str,
+    event_type: str,
+    correlation_id: str | None,
+    occurred_at: datetime | None,
+    headers: Mapping[str, Any] | None = None,
+    expiration_s: float | None = None,
+) -> aio_pika.Message:
+    # AMQP properties mirror the envelope (DESIGN.md, Events).
+    return aio_pika.Message(
+        body,
+        message_id=event_id,
+        type=event_type,
+        correlation_id=correlation_id,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        timestamp=occurred_at,
+        headers=dict(headers or {}),
+        expiration=expiration_s,
+    )
+
+
+class Publisher:
+    """One confirming channel; every publish has a deadline and is mandatory."""
+
+    def __init__(self, channel: AbstractChannel, *, service: str, timeout_s: float, metrics: Metrics):
+        self._channel = channel
+        self._service = service
+        self._timeout_s = timeout_s
+        self._metrics = metrics
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    @classmethod
+    async def open(cls, connection: AbstractRobustConnection, *, service: str, timeout_s: float,
+                   metrics: Metrics) -> Publisher:
+        # on_return_raises: an unroutable event is an error, never a silent drop.
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        return cls(channel, service=service, timeout_s=timeout_s, metrics=metrics)
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        if name == "":
+            return self._channel.default_exchange
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            exchange = await self._channel.get_exchange(name, ensure=False)
+            self._exchanges[name] = exchange
+        return exchange
+
+    async def publish(self, envelope: Envelope, *, headers: Mapping[str, Any] | None = None) -> None:
+        route = route_of(envelope.type, envelope.version)
+        message = build_message(
+            body=envelope.encode(), event_id=str(envelope.id), event_type=envelope.type,
+            correlation_id=envelope.correlation_id, occurred_at=envelope.occurred_at, headers=headers,
+        )
+        await self.send(route.exchange, route.routing_key, message)
+
+    async def send(self, exchange: str, routing_key: str, message: aio_pika.Message) -> None:
+        """Publish and wait for the broker's confirm, or raise PublishFailed."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                target = await self._exchange(exchange)
+                await target.publish(message, routing_key=routing_key, mandatory=True, timeout=self._timeout_s)
+        except TimeoutError:
+            self._failed("timeout")
+            raise PublishFailed(f"no confirm within {self._timeout_s}s for {routing_key}") from None
+        except aiormq.exceptions.PublishError as exc:
+            self._failed("unroutable")
+            raise PublishFailed(f"unroutable: {exchange or '(default)'} {routing_key}") from exc
+        except aiormq.exceptions.DeliveryError as exc:
+            self._failed("nack")
+            raise PublishFailed(f"broker refused {routing_key}") from exc
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            self._failed("connection")
+            raise PublishFailed(f"broker unavailable: {exc!r}") from exc
+        self._metrics.published.labels(self._service, message.type or "").inc()
+
+    def _failed(self, reason: str) -> None:
+        self._metrics.publish_failures.labels(self._service, reason).inc()

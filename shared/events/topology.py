@@ -1,0 +1,105 @@
+"""Exchanges, queues, bindings, delay queues and the dead-letter path, declared in one place.
+
+Per service `S` with a subscription queue `S.purpose`:
+
+    wabus.<publisher> (topic) --keys--> S.purpose (quorum, delivery-limit, DLX wabus.S.dead)
+    S.purpose.retry.<n> (quorum): a failed delivery waits here for its backoff, then dead-letters
+                                  through the default exchange straight back into S.purpose
+    wabus.S.dead (fanout) --> S.dead (quorum): what the broker itself gave up on (delivery limit)
+
+Delivery-limit and dead-lettering are set explicitly, so 3.10 and the 3.13/4.x defaults agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel
+
+from .catalog import exchange_of
+
+SERVICES = ("gateway", "processor", "scheduler", "notifier")
+
+# A crash loop (the process dies on a message) ends after this many deliveries; handler errors
+# never get here, they go through the retry queues and the dead-letter store first.
+DELIVERY_LIMIT = 20
+
+Handler = Callable[[Any, Any], Awaitable[Sequence[Any]]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    queue: str  # "<service>.<purpose>"
+    source: str  # the publishing exchange, e.g. "wabus.processor"
+    keys: Sequence[str]
+    handler: Handler
+    prefetch: int = 32
+    max_attempts: int = 5
+    retry_base_s: float = 1.0
+    retry_max_s: float = 300.0
+    # One consumer at a time across replicas: keeps the queue's order (shard queues).
+    single_active: bool = False
+    extra_arguments: dict[str, Any] = field(default_factory=dict)
+
+
+def retry_queue(queue: str, attempt: int) -> str:
+    return f"{queue}.retry.{attempt}"
+
+
+def dead_exchange(service: str) -> str:
+    return f"wabus.{service}.dead"
+
+
+def dead_queue(service: str) -> str:
+    return f"{service}.dead"
+
+
+_QUORUM = {"x-queue-type": "quorum"}
+# Quorum queues dead-letter at least once only with reject-publish overflow.
+_SAFE_DEAD_LETTERING = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+
+
+def queue_arguments(service: str, sub: Subscription) -> dict[str, Any]:
+    args = {
+        **_QUORUM,
+        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-dead-letter-exchange": dead_exchange(service),
+        **_SAFE_DEAD_LETTERING,
+        **sub.extra_arguments,
+    }
+    if sub.single_active:
+        args["x-single-active-consumer"] = True
+    return args
+
+
+def retry_queue_arguments(queue: str) -> dict[str, Any]:
+    return {
+        **_QUORUM,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": queue,
+        **_SAFE_DEAD_LETTERING,
+    }
+
+
+async def declare(channel: AbstractChannel, service: str, subscriptions: Sequence[Subscription]) -> None:
+    """Declare everything `service` publishes to and consumes from; safe to repeat."""
+    for name in SERVICES:
+        await channel.declare_exchange(exchange_of(name), aio_pika.ExchangeType.TOPIC, durable=True)
+    dead_x = await channel.declare_exchange(dead_exchange(service), aio_pika.ExchangeType.FANOUT, durable=True)
+    dead_q = await channel.declare_queue(dead_queue(service), durable=True, arguments=dict(_QUORUM))
+    await dead_q.bind(dead_x)
+
+    for sub in subscriptions:
+        if not sub.queue.startswith(f"{service}."):
+            raise ValueError(f"queue {sub.queue!r} must be named '{service}.<purpose>'")
+        source = await channel.declare_exchange(sub.source, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(sub.queue, durable=True, arguments=queue_arguments(service, sub))
+        for key in sub.keys:
+            await queue.bind(source, routing_key=key)
+        for attempt in range(1, sub.max_attempts):
+            await channel.declare_queue(
+                retry_queue(sub.queue, attempt), durable=True, arguments=retry_queue_arguments(sub.queue)
+            )
