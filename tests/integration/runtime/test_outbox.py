@@ -1,0 +1,127 @@
+"""Events written through the outbox reach subscribers intact, and only when their transaction commits."""
+
+import json
+
+import asyncpg
+
+from shared.events import db, outbox
+from shared.events.catalog import decode
+from shared.events.errors import PublishFailed
+from shared.events.metrics import Metrics
+from shared.events.outbox import Relay
+from shared.events.runtime import METRICS, ServiceSpec, serve
+from tests.support import Listener, eventually
+
+from .conftest import consumer_spec, publisher, turn
+
+SCHEDULER = ServiceSpec(name="scheduler", port=0, schema="scheduler")
+
+
+async def _pool(isolated, schema="scheduler") -> asyncpg.Pool:
+    return await db.create_pool(isolated.database_url, schema, min_size=1, max_size=4, command_timeout=10,
+                                connect_timeout=5)
+
+
+async def test_outbox_event_reaches_a_bound_consumer_with_every_envelope_field(isolated):
+    async with serve(isolated.settings(), SCHEDULER), Listener(isolated.amqp_url, "wabus.scheduler",
+                                                                 ["turn.reached"]) as listener:
+        envelope = turn(12)
+        pool = await _pool(isolated)
+        async with db.transaction(pool) as conn:
+            await outbox.add(conn, [envelope])
+        (message,) = await listener.wait_for(1)
+        await pool.close()
+
+    assert decode(message.body) == envelope
+    assert json.loads(message.body) == json.loads(envelope.encode())
+    assert message.message_id == str(envelope.id)
+    assert message.type == "turn.reached"
+    assert message.content_type == "application/json"
+    assert message.delivery_mode == 2
+    assert message.correlation_id == envelope.correlation_id
+    assert message.routing_key == "turn.reached" and message.exchange == "wabus.scheduler"
+    assert message.timestamp is not None
+
+
+async def test_rolled_back_transaction_publishes_nothing(isolated):
+    async with serve(isolated.settings(), SCHEDULER), Listener(isolated.amqp_url, "wabus.scheduler",
+                                                                 ["turn.reached"]) as listener:
+        pool = await _pool(isolated)
+        rolled_back, committed = turn(1), turn(2)
+        try:
+            async with db.transaction(pool) as conn:
+                await outbox.add(conn, [rolled_back])
+                raise RuntimeError("the state change failed")
+        except RuntimeError:
+            pass
+        async with db.transaction(pool) as conn:
+            await outbox.add(conn, [committed])
+        await listener.wait_for(1)
+        await pool.close()
+    # The relay publishes in outbox order: had the rolled-back row existed, it would have come first.
+    assert [m.message_id for m in listener.messages] == [str(committed.id)]
+
+
+class _KilledAfterPublish(BaseException):
+    """Stands in for the relay process dying between the broker's confirm and the row's delete."""
+
+
+class _CrashingPublisher:
+    def __init__(self, real):
+        self.real = real
+
+    async def send(self, exchange, routing_key, message):
+        await self.real.send(exchange, routing_key, message)
+        raise _KilledAfterPublish
+
+
+async def test_relay_killed_between_publish_and_mark_publishes_again_and_the_inbox_absorbs_it(isolated, effects):
+    envelope = turn(7)
+    async with serve(isolated.settings(), consumer_spec()) as processor:
+        pool = await _pool(isolated)
+        async with db.transaction(pool) as conn:
+            await outbox.add(conn, [envelope])
+
+        # A relay that dies right after the confirm: the row stays, because its delete never committed.
+        async with publisher(isolated.amqp_url) as real:
+            dying = Relay(pool=pool, dsn=isolated.database_url, schema="scheduler",
+                          publisher=_CrashingPublisher(real), metrics=Metrics("scheduler"), batch_size=10,
+                          poll_interval_s=1, connect_timeout_s=5)
+            try:
+                await dying.drain()
+            except _KilledAfterPublish:
+                pass
+        async with pool.acquire() as conn:
+            assert (await outbox.backlog(conn))[0] == 1
+
+        # The next relay (a restarted scheduler) publishes the same event again.
+        async with serve(isolated.settings(), SCHEDULER):
+            async def drained():
+                async with pool.acquire() as conn:
+                    return (await outbox.backlog(conn))[0] == 0
+            await eventually(drained, what="outbox drained")
+
+            await eventually(lambda: _two_deliveries(processor), what="both copies delivered")
+        await pool.close()
+
+    assert await effects.per_event() == {str(envelope.id): 1}
+
+
+async def _two_deliveries(processor) -> bool:
+    registry = processor.app[METRICS].registry
+    applied = registry.get_sample_value("wabus_events_consumed_total", {
+        "service": "processor", "subscription": "processor.turns", "event": "turn.reached", "outcome": "applied"})
+    duplicate = registry.get_sample_value("wabus_events_consumed_total", {
+        "service": "processor", "subscription": "processor.turns", "event": "turn.reached", "outcome": "duplicate"})
+    return applied == 1 and duplicate == 1
+
+
+async def test_unroutable_event_is_an_error_not_a_silent_drop(isolated):
+    async with serve(isolated.settings(), SCHEDULER), publisher(isolated.amqp_url) as pub:
+        # wabus.scheduler exists, but nothing is bound to turn.reached yet.
+        try:
+            await pub.publish(turn(1))
+        except PublishFailed as exc:
+            assert "unroutable" in str(exc)
+        else:
+            raise AssertionError("an unroutable publish was confirmed as if delivered")

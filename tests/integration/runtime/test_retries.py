@@ -1,0 +1,135 @@
+"""Failing handlers are retried with backoff, then parked in the dead-letter store and replayable."""
+
+import asyncio
+import json
+import sys
+import time
+
+import aio_pika
+
+from shared.events.envelope import Envelope
+from shared.events.runtime import serve
+from tests.support import eventually
+
+from .conftest import consumer_spec, publisher, record_effect, turn
+
+
+async def wabus(isolated, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", *args, env=isolated.env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    return proc.returncode, out.decode()
+
+
+class Flaky:
+    """Fails the first `failures` attempts at each event, then applies it."""
+
+    def __init__(self, failures: int):
+        self.failures = failures
+        self.attempts: dict[str, list[float]] = {}
+
+    async def __call__(self, envelope: Envelope, conn):
+        seen = self.attempts.setdefault(str(envelope.id), [])
+        seen.append(time.monotonic())
+        if len(seen) <= self.failures:
+            raise RuntimeError(f"boom #{len(seen)}")
+        return await record_effect(envelope, conn)
+
+
+async def test_handler_failing_twice_then_succeeding_is_applied_once_after_its_backoff(isolated, effects):
+    flaky = Flaky(failures=2)
+    envelope = turn(1)
+    async with serve(isolated.settings(), consumer_spec(flaky, max_attempts=5, retry_base_s=0.4)), \
+            publisher(isolated.amqp_url) as pub:
+        await pub.publish(envelope)
+        await eventually(lambda: effects.count(), what="applied after retries")
+    times = flaky.attempts[str(envelope.id)]
+    assert len(times) == 3
+    # Backoff with jitter in [½, 1] of 0.4 s, then of 0.8 s.
+    assert times[1] - times[0] >= 0.2 and times[2] - times[1] >= 0.4
+    assert await effects.per_event() == {str(envelope.id): 1}
+    assert await effects.failed() == []
+
+
+async def test_always_failing_handler_lands_in_the_store_and_is_replayed_once_the_cause_is_gone(isolated, effects):
+    flaky = Flaky(failures=10**6)
+    envelope = turn(2)
+    async with serve(isolated.settings(), consumer_spec(flaky, max_attempts=3, retry_base_s=0.05)), \
+            publisher(isolated.amqp_url) as pub:
+        await pub.publish(envelope)
+        (failed,) = await eventually(lambda: effects.failed(), what="dead-lettered")
+        assert failed["subscription"] == "processor.turns"
+        assert failed["event_id"] == str(envelope.id) and failed["event_type"] == "turn.reached"
+        assert failed["tenant_id"] == "clinic-a" and failed["attempts"] == 3
+        assert failed["reason"] == "gave up after 3 attempts: RuntimeError: boom #3"
+        assert [h["error"] for h in json.loads(failed["history"])] == [
+            "RuntimeError: boom #1", "RuntimeError: boom #2", "RuntimeError: boom #3"]
+        assert len(flaky.attempts[str(envelope.id)]) == 3
+
+        code, listing = await wabus(isolated, "failed", "list", "--service", "processor")
+        assert code == 0 and f"processor:{failed['id']}" in listing and "boom #3" in listing
+        code, shown = await wabus(isolated, "failed", "show", f"processor:{failed['id']}")
+        assert code == 0 and json.loads(shown)["history"][0]["error"] == "RuntimeError: boom #1"
+
+        flaky.failures = 0  # the cause is gone
+        code, out = await wabus(isolated, "failed", "retry", f"processor:{failed['id']}")
+        assert code == 0, out
+        await eventually(lambda: effects.count(), what="replayed event applied")
+
+        code, listing = await wabus(isolated, "failed", "list")
+        assert code == 0 and f"processor:{failed['id']}" not in listing
+        code, out = await wabus(isolated, "failed", "retry", "--all")
+        assert code == 0
+        code, out = await wabus(isolated, "failed", "purge", "--service", "processor")
+        assert code == 0 and "purged 1" in out
+    assert await effects.per_event() == {str(envelope.id): 1}
+    assert await effects.failed() == []
+
+
+async def test_a_poison_message_does_not_hold_up_the_messages_behind_it(isolated, effects):
+    poisoned = turn(0)
+    flaky = Flaky(failures=10**6)
+
+    async def fail_only_the_poisoned(envelope, conn):
+        if envelope.id == poisoned.id:
+            return await flaky(envelope, conn)
+        return await record_effect(envelope, conn)
+
+    good = [turn(n) for n in range(1, 6)]
+    spec = consumer_spec(fail_only_the_poisoned, prefetch=1, max_attempts=3, retry_base_s=1.0)
+    async with serve(isolated.settings(), spec), publisher(isolated.amqp_url) as pub:
+        await pub.publish(poisoned)
+        for envelope in good:
+            await pub.publish(envelope)
+        await eventually(lambda: _at_least(effects.count(), 5), what="the five behind it applied")
+        # With a single delivery in flight, the five went through while the poisoned one waited out its backoff.
+        assert await effects.failed() == []
+        await eventually(lambda: effects.failed(), what="poisoned event dead-lettered")
+    assert set(await effects.per_event()) == {str(e.id) for e in good}
+
+
+async def test_undecodable_and_unknown_version_events_are_dead_lettered_at_once(isolated, effects):
+    valid = turn(9)
+    unknown_version = valid.encode().replace(b'"version":1', b'"version":99')
+    async with serve(isolated.settings(), consumer_spec()), publisher(isolated.amqp_url) as pub:
+        for body in (b"{not json", unknown_version):
+            await pub.send("", "processor.turns", aio_pika.Message(body, message_id="raw"))
+        await pub.publish(valid)
+        await eventually(lambda: effects.count(), what="valid event applied")
+        failed = await eventually(lambda: _at_least_rows(effects.failed(), 2), what="both dead-lettered")
+    reasons = sorted(f["reason"] for f in failed)
+    assert reasons[0].startswith("invalid event: body is not JSON")
+    assert "version 99 is not supported" in reasons[1]
+    assert all(f["attempts"] == 1 for f in failed)
+    assert await effects.per_event() == {str(valid.id): 1}
+
+
+async def _at_least(count_coro, n: int) -> bool:
+    return (await count_coro) >= n
+
+
+async def _at_least_rows(rows_coro, n: int):
+    rows = await rows_coro
+    return rows if len(rows) >= n else None
