@@ -93,7 +93,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _broker(app: web.Application) -> AsyncIterator[None]:
     s, spec = app[SETTINGS], app[SPEC]
     connection = await _retrying("broker", lambda: aio_pika.connect_robust(
-        s.amqp_url, timeout=s.connect_timeout_s, client_properties={"connection_name": f"wabus-{spec.name}"},
+        s.amqp_url, timeout=s.connect_timeout_s, reconnect_interval=s.reconnect_interval_s,
+        client_properties={"connection_name": f"wabus-{spec.name}"},
     ), app[STOPPING])
     channel = await connection.channel()
     await topology.declare(channel, spec.name, spec.subscriptions)

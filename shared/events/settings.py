@@ -16,6 +16,7 @@ class CommonSettings(BaseSettings):
 
     connect_timeout_s: float = Field(10.0, gt=0)
     publish_timeout_s: float = Field(10.0, gt=0)
+    reconnect_interval_s: float = Field(2.0, gt=0)
     db_pool_min: int = Field(2, ge=1)
     db_pool_max: int = Field(10, ge=1)
     db_command_timeout_s: float = Field(30.0, gt=0)
