@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,8 +23,8 @@ class NotFound(Exception):
     """A domain lookup found nothing (or nothing this tenant may see): 404."""
 
 
-def problem(status: int, reason: str, **details: object) -> web.Response:
-    return web.json_response({"error": reason, **details}, status=status)
+def problem(status: int, error: str, **details: object) -> web.Response:
+    return web.json_response({"error": error, **details}, status=status)
 
 
 def validation_problem(exc: ValidationError) -> web.Response:
@@ -45,6 +46,8 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
             raise
         except ValidationError as exc:
             response = validation_problem(exc)
+        except json.JSONDecodeError as exc:
+            response = problem(400, "body is not JSON", reason=str(exc))
         except NotFound as exc:
             response = problem(404, str(exc) or "not found")
         except asyncio.CancelledError:
