@@ -256,12 +256,22 @@ class QueueWorker:
         task = asyncio.current_task()
         assert task is not None
         self._inflight.add(task)
+        settled = False
         try:
             settled = await self._process(message)
-            if settled:
-                await message.ack()
         except Exception:  # noqa: BLE001 - a bug here must not kill the consumer; the broker redelivers
             log.exception("delivery not settled", extra={"queue": self.queue_name})
+        try:
+            if settled:
+                await message.ack()
+            else:
+                # Back to the queue now rather than holding a prefetch slot until the channel dies;
+                # the queue's delivery limit stops a message that can never settle.
+                await message.nack(requeue=True)
+        except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+            # The channel closed under us: the broker redelivers, and the inbox absorbs a repeat.
+            log.warning("delivery outcome not sent; it will be redelivered",
+                        extra={"queue": self.queue_name, "settled": settled, "error": repr(exc)})
         finally:
             self._inflight.discard(task)
 

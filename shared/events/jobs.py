@@ -109,6 +109,9 @@ class JobRunner:
             except (DatabaseUnavailable, *db.CONNECTION_ERRORS, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
                 log.warning("job paused: database unavailable", extra={"job": self.job.name, "error": str(exc)})
                 await self._resign()
+            except Exception:  # noqa: BLE001 - the runner must outlive any one bad pass
+                log.exception("job runner pass failed", extra={"job": self.job.name})
+                await self._resign()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=self._sleep_s())
         await self._resign()

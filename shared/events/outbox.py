@@ -117,6 +117,9 @@ class Relay:
             except (PublishFailed, DatabaseUnavailable) as exc:
                 failures += 1
                 log.warning("outbox relay paused", extra={"error": str(exc), "failures": failures})
+            except Exception:  # noqa: BLE001 - the relay must outlive any one bad pass
+                failures += 1
+                log.exception("outbox relay pass failed", extra={"failures": failures})
             delay = self._poll_interval_s if failures == 0 else min(30.0, 0.5 * 2 ** min(failures, 6))
             waker = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(stopping.wait())

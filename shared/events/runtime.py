@@ -229,13 +229,14 @@ async def serve(common: CommonSettings, spec: ServiceSpec, *, port: int | None =
     app = build_app(common, spec)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=common.shutdown_timeout_s)
-    await runner.setup()
     try:
+        await runner.setup()
         site = web.TCPSite(runner, common.host, spec.port if port is None else port)
         await site.start()
         host, bound_port = runner.addresses[0][:2]
         yield Running(app=app, url=f"http://{host}:{bound_port}")
     finally:
+        # Also after a failed or cancelled start: whatever did start is closed, in reverse order.
         await runner.cleanup()
 
 
@@ -250,11 +251,28 @@ async def run_service(common: CommonSettings, spec: ServiceSpec) -> None:
     configure_logging(common.log_level)
     bind_log_context(service=spec.name)
     stop = asyncio.Event()
+    main = asyncio.current_task()
+    started = False
+
+    def on_signal() -> None:
+        # Before start-up finishes (say, still waiting for the database) there is nothing to drain.
+        if started:
+            stop.set()
+        elif main is not None:
+            main.cancel()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with serve(common, spec) as running:
-        log.info("service listening", extra={"url": running.url})
-        await stop.wait()
-        log.info("service stopping")
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        async with serve(common, spec) as running:
+            started = True
+            log.info("service listening", extra={"url": running.url})
+            await stop.wait()
+            log.info("service stopping")
+    except asyncio.CancelledError:
+        if started:
+            raise
+        log.info("service stopped before start-up finished")
+        return
     log.info("service stopped")

@@ -12,7 +12,7 @@ from .conftest import consumer_spec, record_effect
 
 
 async def slow_record(envelope, conn):
-    await asyncio.sleep(0.02)  # long enough that deliveries are in flight when the signal comes
+    await asyncio.sleep(0.1)  # 300 events take ~1.5 s at prefetch 20: the signal lands mid-load
     return await record_effect(envelope, conn)
 
 

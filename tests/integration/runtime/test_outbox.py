@@ -1,5 +1,6 @@
 """Events written through the outbox reach subscribers intact, and only when their transaction commits."""
 
+import asyncio
 import json
 
 import asyncpg
@@ -125,3 +126,16 @@ async def test_unroutable_event_is_an_error_not_a_silent_drop(isolated):
             assert "unroutable" in str(exc)
         else:
             raise AssertionError("an unroutable publish was confirmed as if delivered")
+
+
+async def test_a_notify_wakes_the_relay_without_waiting_for_its_poll(isolated):
+    settings = isolated.settings(outbox_poll_interval_s=60.0)
+    async with serve(settings, SCHEDULER), Listener(isolated.amqp_url, "wabus.scheduler",
+                                                     ["turn.reached"]) as listener:
+        pool = await _pool(isolated)
+        # Let the relay finish its first pass and go to sleep on the 60 s poll.
+        await asyncio.sleep(1.0)
+        async with db.transaction(pool) as conn:
+            await outbox.add(conn, [turn(5)])
+        await listener.wait_for(1, timeout=10)
+        await pool.close()

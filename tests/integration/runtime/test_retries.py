@@ -133,3 +133,16 @@ async def _at_least(count_coro, n: int) -> bool:
 async def _at_least_rows(rows_coro, n: int):
     rows = await rows_coro
     return rows if len(rows) >= n else None
+
+
+async def test_what_the_broker_dead_letters_by_itself_lands_in_the_store(isolated, effects):
+    """A delivery that crashed its consumer up to the queue's delivery limit reaches <service>.dead."""
+    envelope = turn(3)
+    async with serve(isolated.settings(), consumer_spec()), publisher(isolated.amqp_url) as pub:
+        crash_looped = aio_pika.Message(envelope.encode(), message_id=str(envelope.id), type=envelope.type, headers={
+            "x-first-death-queue": "processor.turns", "x-first-death-reason": "delivery_limit"})
+        await pub.send("wabus.processor.dead", "turn.reached", crash_looped)
+        (failed,) = await eventually(lambda: effects.failed(), what="stored")
+    assert failed["subscription"] == "processor.turns"
+    assert failed["reason"] == "broker dead-lettered: delivery_limit"
+    assert failed["event_id"] == str(envelope.id) and failed["tenant_id"] == "clinic-a"

@@ -62,3 +62,21 @@ async def test_sigterm_under_load_loses_and_doubles_nothing(isolated, effects, t
 
 async def _at_least(count_coro, n: int) -> bool:
     return (await count_coro) >= n
+
+
+async def test_sigterm_while_waiting_for_the_database_at_start_up_exits_cleanly(isolated, tmp_path):
+    env = {**isolated.env(), "WABUS_DATABASE_URL": "postgresql://127.0.0.1:1/nowhere"}
+    with open(tmp_path / "waiting.log", "wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.integration.runtime.consumer_process", env=env, stdout=log, stderr=log,
+        )
+        await eventually(lambda: _contains(tmp_path / "waiting.log", "waiting for database"), timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), timeout=30)
+    output = (tmp_path / "waiting.log").read_text()
+    assert code == 0, output
+    assert "service stopped before start-up finished" in output
+
+
+async def _contains(path, text: str) -> bool:
+    return path.exists() and text in path.read_text()
