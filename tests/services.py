@@ -50,7 +50,7 @@ class Broker:
                 )
             return cls(url=url, ctl=[ctl])
         try:
-            from testcontainers.rabbitmq import RabbitMqContainer
+            from testcontainers.community.rabbitmq import RabbitMqContainer
 
             container = RabbitMqContainer("rabbitmq:3.13").start()
         except Exception as exc:  # noqa: BLE001 - any failure here means "no broker to test against"
@@ -111,7 +111,7 @@ class Postgres:
         if url:
             return cls(url=url)
         try:
-            from testcontainers.postgres import PostgresContainer
+            from testcontainers.community.postgres import PostgresContainer
 
             container = PostgresContainer("postgres:16", driver=None).start()
         except Exception as exc:  # noqa: BLE001
