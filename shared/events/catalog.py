@@ -111,6 +111,9 @@ class WhatsAppMessageReceived(Event):
     type = "whatsapp.message.received"
     message: WhatsAppMessage
 
+    def shard_key(self) -> str:
+        return self.message.chat_id
+
 
 class WhatsAppMessageAck(Event):
     type = "whatsapp.message.ack"
@@ -147,6 +150,9 @@ class MessageProcessed(Event):
     language: str | None = None
     reply_text: str | None = None
     processing_ms: float = Field(ge=0)
+
+    def shard_key(self) -> str:
+        return self.message.chat_id
 
 
 # --- scheduler --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+import zlib
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Generic, TypeVar
 
@@ -24,6 +25,10 @@ class Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     type: ClassVar[str]
     version: ClassVar[int] = 1
+
+    def shard_key(self) -> str | None:
+        """What must stay in order downstream (a chat); None when order does not matter."""
+        return None
 
 
 E = TypeVar("E", bound=Event)
@@ -76,3 +81,21 @@ class Envelope(BaseModel, Generic[E]):
 
     def encode(self) -> bytes:
         return self.model_dump_json().encode()
+
+    def headers(self) -> dict[str, str | int]:
+        """AMQP headers derived from the event: its shard key and the slot that key hashes to."""
+        key = self.data.shard_key()
+        if key is None:
+            return {}
+        scoped = f"{self.tenant_id}:{key}"
+        return {SHARD_KEY_HEADER: scoped, SHARD_HEADER: shard_of(scoped)}
+
+
+SHARD_KEY_HEADER = "x-wabus-shard-key"
+SHARD_HEADER = "x-wabus-shard"
+SHARD_SLOTS = 64  # fixed: consumers map slots onto however many shard queues they run
+
+
+def shard_of(key: str) -> int:
+    # A stable hash (Python's hash() is salted per process).
+    return zlib.crc32(key.encode()) % SHARD_SLOTS

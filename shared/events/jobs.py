@@ -94,6 +94,8 @@ class JobRunner:
         self._lock_conn: asyncpg.Connection | None = None
         self._epoch: int | None = None
         self._last: datetime | None = None
+        # Followers report 0, so a vanished leader shows as a job nobody leads.
+        metrics.job_leader.labels(service, job.name).set(0)
 
     @property
     def is_leader(self) -> bool:

@@ -50,8 +50,9 @@ class Metrics:
         )
         self.job_runs = Counter(
             "wabus_job_runs_total", "Periodic job runs, by outcome: ok, error, stale_leader.",
-            ["service", "job", "outcome"], registry=r,
+            ["service", "job_name", "outcome"], registry=r,
         )
         self.job_leader = Gauge(
-            "wabus_job_leader", "1 where this replica leads the job.", ["service", "job"], registry=r,
+            "wabus_job_leader", "1 where this replica leads the job, 0 where it follows.",
+            ["service", "job_name"], registry=r,
         )

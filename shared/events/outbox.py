@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 import asyncpg
 
@@ -36,19 +35,17 @@ _DELETE = "DELETE FROM outbox WHERE seq = ANY($1::bigint[])"
 _BACKLOG = "SELECT count(*), extract(epoch FROM clock_timestamp() - min(created_at)) FROM outbox"
 
 
-async def add(conn: asyncpg.Connection, envelopes: Iterable[Envelope],
-              headers: Mapping[str, Any] | None = None) -> None:
+async def add(conn: asyncpg.Connection, envelopes: Iterable[Envelope]) -> None:
     """Write events in the caller's transaction: they are published only if it commits."""
     rows = list(envelopes)
     if not rows:
         return
     routes = [route_of(e.type, e.version) for e in rows]
-    extra = json.dumps(dict(headers or {}))
     await conn.execute(
         _INSERT,
         [e.id for e in rows], [e.type for e in rows], [e.correlation_id for e in rows],
         [e.occurred_at for e in rows], [r.exchange for r in routes], [r.routing_key for r in routes],
-        [e.model_dump_json() for e in rows], [extra] * len(rows),
+        [e.model_dump_json() for e in rows], [json.dumps(e.headers()) for e in rows],
     )
 
 

@@ -70,11 +70,11 @@ class Publisher:
             self._exchanges[name] = exchange
         return exchange
 
-    async def publish(self, envelope: Envelope, *, headers: Mapping[str, Any] | None = None) -> None:
+    async def publish(self, envelope: Envelope) -> None:
         route = route_of(envelope.type, envelope.version)
         message = build_message(
             body=envelope.encode(), event_id=str(envelope.id), event_type=envelope.type,
-            correlation_id=envelope.correlation_id, occurred_at=envelope.occurred_at, headers=headers,
+            correlation_id=envelope.correlation_id, occurred_at=envelope.occurred_at, headers=envelope.headers(),
         )
         await self.send(route.exchange, route.routing_key, message)
 
