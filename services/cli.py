@@ -10,10 +10,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import aio_pika
 
-from shared.events import db, deadletters
+from shared.events import db, deadletters, topology
 from shared.events.errors import PublishFailed
 from shared.events.metrics import Metrics
 from shared.events.migrate import ensure_database, migrate, migration_files
@@ -22,6 +23,7 @@ from shared.events.runtime import ServiceSpec, run_service
 from shared.events.settings import CommonSettings
 
 from .gateway import app as gateway
+from .gateway import cli as gateway_cli
 from .gateway.settings import GatewaySettings
 from .notifier import app as notifier
 from .notifier.settings import NotifierSettings
@@ -47,6 +49,8 @@ def _specs(common: CommonSettings, only: str | None = None) -> list[ServiceSpec]
 
 
 async def _migrate(common: CommonSettings, specs: Sequence[ServiceSpec]) -> None:
+    """The database and its schemas, then every queue and binding, before any service starts:
+    events published early then find the queues of services that start later."""
     if await ensure_database(common.database_url, timeout=common.connect_timeout_s):
         print("created database", _database_name(common.database_url))
     for spec in specs:
@@ -56,6 +60,14 @@ async def _migrate(common: CommonSettings, specs: Sequence[ServiceSpec]) -> None
         finally:
             await conn.close()
         print(f"{spec.name}: {'applied ' + ', '.join(applied) if applied else 'up to date'}")
+    connection = await aio_pika.connect(common.amqp_url, timeout=common.connect_timeout_s)
+    try:
+        channel = await connection.channel()
+        for spec in specs:
+            await topology.declare(channel, spec.name, spec.subscriptions)
+    finally:
+        await connection.close()
+    print("broker topology declared")
 
 
 def _database_name(dsn: str) -> str:
@@ -219,7 +231,7 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one service in the foreground")
     run.add_argument("service", choices=list(BUILDERS))
     run.set_defaults(func=cmd_run)
-    mig = sub.add_parser("migrate", help="create the database if missing and apply migrations")
+    mig = sub.add_parser("migrate", help="create the database if missing, apply migrations, declare queues")
     mig.add_argument("--service", choices=list(BUILDERS))
     mig.set_defaults(func=cmd_migrate)
 
@@ -239,6 +251,8 @@ def parser() -> argparse.ArgumentParser:
     purge.add_argument("--retried", action="store_true", help="only the ones already retried")
     for action in (ls, show, retry, purge):
         action.set_defaults(func=cmd_failed)
+
+    gateway_cli.register(sub, Path(gateway.__file__).parent / "migrations")
     return p
 
 

@@ -1,15 +1,37 @@
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from shared.events.runtime import ServiceSpec
+from aiohttp import web
+
+from shared.events.batching import GroupCommit
+from shared.events.jobs import Periodic
+from shared.events.runtime import METRICS, POOL, ServiceSpec
 from shared.events.settings import CommonSettings
 
+from . import api, jobs
+from .ingest import record_webhooks
+from .repository import TenantDirectory
 from .settings import GatewaySettings
 
 
 def build(common: CommonSettings, own: GatewaySettings) -> ServiceSpec:
+    async def gateway(app: web.Application) -> AsyncIterator[None]:
+        commit = GroupCommit(app[POOL], record_webhooks, max_batch=own.max_batch, acquire_timeout_s=2.0)
+        app[api.GATEWAY] = api.Gateway(
+            settings=own, tenants=TenantDirectory(app[POOL], own.tenant_cache_s), commit=commit,
+            metrics=api.WebhookMetrics(app[METRICS].registry),
+        )
+        commit.start()
+        yield
+        await commit.stop()
+
     return ServiceSpec(
         name="gateway",
         port=own.port,
         schema="gateway",
         migrations=Path(__file__).parent / "migrations",
+        routes=api.routes,
+        contexts=[gateway],
+        jobs=[Periodic("prune_received_webhooks", 3600.0, jobs.prune_received_webhooks(own.received_retention_days))],
+        max_body_bytes=own.max_body_bytes,
     )

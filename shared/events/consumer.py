@@ -23,7 +23,7 @@ from .errors import DatabaseUnavailable, InvalidEvent, PermanentFailure, Publish
 from .logs import log_context
 from .metrics import Metrics
 from .publisher import Publisher, build_message
-from .topology import Subscription, retry_queue
+from .topology import Subscription, requeue_target, retry_queue
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,9 @@ INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RE
 """
 
 _INSERT_FAILED = """
-INSERT INTO failed_events (subscription, event_id, event_type, tenant_id, body, headers, reason, attempts, history)
-VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb)
+INSERT INTO failed_events (subscription, event_id, event_type, tenant_id, body, headers, reason, attempts, history,
+                           requeue_exchange, requeue_routing_key)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb, $10, $11)
 RETURNING id
 """
 
@@ -80,6 +81,7 @@ async def store_failed(
     reason: str,
     attempts: int,
     history: list[dict[str, Any]],
+    requeue: tuple[str, str],
 ) -> int:
     async with db.transaction(pool) as conn:
         return await conn.fetchval(
@@ -93,6 +95,7 @@ async def store_failed(
             reason[:_ERROR_LIMIT],
             attempts,
             json.dumps(history),
+            *requeue,
         )
 
 
@@ -186,6 +189,7 @@ class EventConsumer:
             failed_id = await self._until_database(lambda: store_failed(
                 self.pool, subscription=sub.queue, message=message, envelope=envelope, reason=reason,
                 attempts=attempt, history=history if history is not None else history_of(message),
+                requeue=requeue_target(sub),
             ))
         except _Stopping:
             return False
@@ -221,7 +225,7 @@ class DeadLetterCollector:
                 lambda: store_failed(
                     self.pool, subscription=queue, message=message, envelope=envelope,
                     reason=f"broker dead-lettered: {reason}", attempts=attempt_of(message),
-                    history=history_of(message),
+                    history=history_of(message), requeue=("", queue),
                 ),
                 stopping=self.stopping, backoff_s=self.unavailable_backoff_s, metrics=self.metrics,
                 service=self.service,

@@ -23,6 +23,8 @@ _DROPPED_HEADERS = {ATTEMPT_HEADER, HISTORY_HEADER, "x-death", "x-first-death-qu
 class FailedEvent:
     id: int
     subscription: str
+    requeue_exchange: str
+    requeue_routing_key: str
     event_id: str | None
     event_type: str | None
     tenant_id: str | None
@@ -35,7 +37,7 @@ class FailedEvent:
     history: list[dict[str, Any]]
 
 
-_COLUMNS = ("id, subscription, event_id, event_type, tenant_id, reason, attempts, failed_at, retried_at,"
+_COLUMNS = ("id, subscription, requeue_exchange, requeue_routing_key, event_id, event_type, tenant_id, reason, attempts, failed_at, retried_at,"
             " body, headers, history")
 
 
@@ -55,7 +57,7 @@ async def get_failed(conn: asyncpg.Connection, failed_id: int) -> FailedEvent | 
 
 
 async def retry_failed(conn: asyncpg.Connection, publisher: Publisher, failed: FailedEvent) -> None:
-    """Send the event back into its subscription's queue as a first attempt, then mark it retried.
+    """Send the event back where it failed, as a first attempt, then mark it retried.
 
     A crash between the two replays it again; the consumer's inbox absorbs the second copy.
     """
@@ -69,9 +71,9 @@ async def retry_failed(conn: asyncpg.Connection, publisher: Publisher, failed: F
     message = build_message(body=failed.body, event_id=failed.event_id or "", event_type=failed.event_type or "",
                             correlation_id=correlation_id, occurred_at=None, headers=headers)
     try:
-        await publisher.send("", failed.subscription, message)
+        await publisher.send(failed.requeue_exchange, failed.requeue_routing_key, message)
     except PublishFailed as exc:
-        raise PublishFailed(f"cannot replay into {failed.subscription}: {exc}") from exc
+        raise PublishFailed(f"cannot replay into {failed.subscription}: {exc}", reason=exc.reason) from exc
     await conn.execute("UPDATE failed_events SET retried_at = now() WHERE id = $1", failed.id)
 
 

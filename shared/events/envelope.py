@@ -82,13 +82,14 @@ class Envelope(BaseModel, Generic[E]):
     def encode(self) -> bytes:
         return self.model_dump_json().encode()
 
-    def headers(self) -> dict[str, str | int]:
+    def headers(self) -> dict[str, str]:
         """AMQP headers derived from the event: its shard key and the slot that key hashes to."""
         key = self.data.shard_key()
         if key is None:
             return {}
         scoped = f"{self.tenant_id}:{key}"
-        return {SHARD_KEY_HEADER: scoped, SHARD_HEADER: shard_of(scoped)}
+        # A string: the headers exchange compares typed values, and strings compare alike everywhere.
+        return {SHARD_KEY_HEADER: scoped, SHARD_HEADER: str(shard_of(scoped))}
 
 
 SHARD_KEY_HEADER = "x-wabus-shard-key"

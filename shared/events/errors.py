@@ -29,6 +29,10 @@ class DatabaseUnavailable(Exception):
 class PublishFailed(Exception):
     """The broker did not confirm a publish in time, refused it, or could not route it."""
 
+    def __init__(self, message: str, *, reason: str = "connection"):
+        super().__init__(message)
+        self.reason = reason  # timeout, unroutable, nack, connection
+
 
 class StaleLeader(Exception):
     """A newer leader holds the job's lease; this replica must not write."""

@@ -12,11 +12,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from .errors import DatabaseUnavailable
 from .logs import log_context
 
 log = logging.getLogger(__name__)
 
 CORRELATION_HEADER = "X-Correlation-Id"
+RETRY_AFTER_S = 5
 
 
 class NotFound(Exception):
@@ -50,6 +52,10 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
             response = problem(400, "body is not JSON", reason=str(exc))
         except NotFound as exc:
             response = problem(404, str(exc) or "not found")
+        except DatabaseUnavailable:
+            # Nothing was kept: the sender should try again shortly.
+            response = problem(503, "database unavailable, try again")
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
         except asyncio.CancelledError:
             raise
         except Exception:

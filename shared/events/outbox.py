@@ -32,6 +32,15 @@ FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
 
 _DELETE = "DELETE FROM outbox WHERE seq = ANY($1::bigint[])"
 
+# An event no queue is bound for is parked where `wabus failed` shows it, not retried forever.
+_PARK = """
+INSERT INTO failed_events (subscription, event_id, event_type, tenant_id, body, headers, reason, attempts,
+                           requeue_exchange, requeue_routing_key)
+SELECT 'outbox', event_id::text, event_type, body::jsonb ->> 'tenant_id', convert_to(body, 'UTF8'), headers,
+       $2, 1, exchange, routing_key
+FROM outbox WHERE seq = $1
+"""
+
 _BACKLOG = "SELECT count(*), extract(epoch FROM clock_timestamp() - min(created_at)) FROM outbox"
 
 
@@ -88,12 +97,18 @@ class Relay:
                 return 0, 0
             # Publish the batch together, but delete only the rows whose own confirm arrived.
             results = await asyncio.gather(*(self._publish_row(r) for r in rows), return_exceptions=True)
-            confirmed = [r["seq"] for r, res in zip(rows, results, strict=True) if res is None]
-            for res in results:
-                if isinstance(res, BaseException) and not isinstance(res, PublishFailed):
+            settled = [r["seq"] for r, res in zip(rows, results, strict=True) if res is None]
+            for row, res in zip(rows, results, strict=True):
+                if isinstance(res, PublishFailed) and res.reason == "unroutable":
+                    await conn.execute(_PARK, row["seq"], str(res))
+                    self._metrics.dead_letters.labels(self._metrics.service, "outbox", "unroutable").inc()
+                    log.error("unroutable event parked", extra={"event_id": str(row["event_id"]),
+                                                                "event": row["event_type"], "error": str(res)})
+                    settled.append(row["seq"])
+                elif isinstance(res, BaseException) and not isinstance(res, PublishFailed):
                     raise res
-            await conn.execute(_DELETE, confirmed)
-            return len(confirmed), len(rows)
+            await conn.execute(_DELETE, settled)
+            return len(settled), len(rows)
 
     async def _publish_row(self, row: asyncpg.Record) -> None:
         message = build_message(

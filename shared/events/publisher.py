@@ -86,13 +86,14 @@ class Publisher:
                 await target.publish(message, routing_key=routing_key, mandatory=True, timeout=self._timeout_s)
         except TimeoutError:
             self._failed("timeout")
-            raise PublishFailed(f"no confirm within {self._timeout_s}s for {routing_key}") from None
+            raise PublishFailed(f"no confirm within {self._timeout_s}s for {routing_key}", reason="timeout") from None
         except aiormq.exceptions.PublishError as exc:
             self._failed("unroutable")
-            raise PublishFailed(f"unroutable: {exchange or '(default)'} {routing_key}") from exc
+            raise PublishFailed(f"unroutable: no queue bound to {exchange or '(default)'} {routing_key}",
+                                reason="unroutable") from exc
         except aiormq.exceptions.DeliveryError as exc:
             self._failed("nack")
-            raise PublishFailed(f"broker refused {routing_key}") from exc
+            raise PublishFailed(f"broker refused {routing_key}", reason="nack") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             self._failed("connection")
             raise PublishFailed(f"broker unavailable: {exc!r}") from exc

@@ -48,6 +48,9 @@ class ServiceSpec:
     subscriptions: Sequence[topology.Subscription] = ()
     routes: Sequence[web.AbstractRouteDef] = ()
     jobs: Sequence[Periodic] = ()
+    # The service's own resources, as aiohttp cleanup contexts: started after the pool, broker and
+    # relay, before consumers; stopped after consumers, before the relay's last flush.
+    contexts: Sequence[Callable[[web.Application], AsyncIterator[None]]] = ()
     max_body_bytes: int = 1024 * 1024
 
 
@@ -127,14 +130,17 @@ async def _outbox_relay(app: web.Application) -> AsyncIterator[None]:
 
 async def _consumers(app: web.Application) -> AsyncIterator[None]:
     s, spec, metrics, stopping = app[SETTINGS], app[SPEC], app[METRICS], app[STOPPING]
-    workers = [
-        QueueWorker(sub.queue, sub.prefetch, EventConsumer(
+    workers = []
+    for sub in spec.subscriptions:
+        consumer = EventConsumer(
             service=spec.name, subscription=sub, pool=app[POOL], publisher=app[PUBLISHER],
             make_uow=spec.unit_of_work, metrics=metrics, unavailable_backoff_s=s.unavailable_backoff_s,
             stopping=stopping,
-        ).process, stop_timeout_s=s.shutdown_timeout_s)
-        for sub in spec.subscriptions
-    ]
+        )
+        # A shard is taken one delivery at a time: that is what keeps its order.
+        prefetch = 1 if sub.shards else sub.prefetch
+        workers += [QueueWorker(queue, prefetch, consumer.process, stop_timeout_s=s.shutdown_timeout_s)
+                    for queue in topology.consumed_queues(sub)]
     collector = DeadLetterCollector(service=spec.name, pool=app[POOL], metrics=metrics,
                                     unavailable_backoff_s=s.unavailable_backoff_s, stopping=stopping)
     workers.append(QueueWorker(topology.dead_queue(spec.name), 8, collector.process,
@@ -174,7 +180,7 @@ def _prune_inbox(retention_h: float):
 def build_app(common: CommonSettings, spec: ServiceSpec) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=spec.max_body_bytes)
     app[SETTINGS], app[SPEC], app[METRICS], app[STOPPING] = common, spec, Metrics(spec.name), asyncio.Event()
-    app.cleanup_ctx.extend([_database, _broker, _outbox_relay, _consumers, _jobs])
+    app.cleanup_ctx.extend([_database, _broker, _outbox_relay, *spec.contexts, _consumers, _jobs])
 
     async def stop_work(app: web.Application) -> None:
         app[STOPPING].set()

@@ -13,13 +13,14 @@ Delivery-limit and dead-lettering are set explicitly, so 3.10 and the 3.13/4.x d
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel
 
 from .catalog import exchange_of
+from .envelope import SHARD_HEADER, SHARD_SLOTS
 
 SERVICES = ("gateway", "processor", "scheduler", "notifier")
 
@@ -40,13 +41,34 @@ class Subscription:
     max_attempts: int = 5
     retry_base_s: float = 1.0
     retry_max_s: float = 300.0
-    # One consumer at a time across replicas: keeps the queue's order (shard queues).
+    # One consumer at a time across replicas: keeps the queue's order.
     single_active: bool = False
+    # Split by the events' shard key (a chat) over this many queues, each with one active consumer
+    # and taken one delivery at a time: order per key holds with any number of replicas.
+    shards: int = 0
     extra_arguments: dict[str, Any] = field(default_factory=dict)
 
 
 def retry_queue(queue: str, attempt: int) -> str:
     return f"{queue}.retry.{attempt}"
+
+
+def shard_queue(queue: str, shard: int) -> str:
+    return f"{queue}.{shard}"
+
+
+def shards_exchange(queue: str) -> str:
+    return f"wabus.{queue}.shards"
+
+
+def consumed_queues(sub: Subscription) -> list[str]:
+    return [shard_queue(sub.queue, k) for k in range(sub.shards)] if sub.shards else [sub.queue]
+
+
+def requeue_target(sub: Subscription) -> tuple[str, str]:
+    """(exchange, routing key) that puts a delivery back into this subscription."""
+    # A sharded delivery keeps its shard header, so the headers exchange routes it home.
+    return (shards_exchange(sub.queue), "") if sub.shards else ("", sub.queue)
 
 
 def dead_exchange(service: str) -> str:
@@ -75,13 +97,12 @@ def queue_arguments(service: str, sub: Subscription) -> dict[str, Any]:
     return args
 
 
-def retry_queue_arguments(queue: str) -> dict[str, Any]:
-    return {
-        **_QUORUM,
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": queue,
-        **_SAFE_DEAD_LETTERING,
-    }
+def retry_queue_arguments(sub: Subscription) -> dict[str, Any]:
+    exchange, routing_key = requeue_target(sub)
+    args = {**_QUORUM, "x-dead-letter-exchange": exchange, **_SAFE_DEAD_LETTERING}
+    if routing_key:
+        args["x-dead-letter-routing-key"] = routing_key
+    return args
 
 
 async def declare(channel: AbstractChannel, service: str, subscriptions: Sequence[Subscription]) -> None:
@@ -96,10 +117,25 @@ async def declare(channel: AbstractChannel, service: str, subscriptions: Sequenc
         if not sub.queue.startswith(f"{service}."):
             raise ValueError(f"queue {sub.queue!r} must be named '{service}.<purpose>'")
         source = await channel.declare_exchange(sub.source, aio_pika.ExchangeType.TOPIC, durable=True)
-        queue = await channel.declare_queue(sub.queue, durable=True, arguments=queue_arguments(service, sub))
-        for key in sub.keys:
-            await queue.bind(source, routing_key=key)
+        if sub.shards:
+            await _declare_shards(channel, service, sub, source)
+        else:
+            queue = await channel.declare_queue(sub.queue, durable=True, arguments=queue_arguments(service, sub))
+            for key in sub.keys:
+                await queue.bind(source, routing_key=key)
         for attempt in range(1, sub.max_attempts):
-            await channel.declare_queue(
-                retry_queue(sub.queue, attempt), durable=True, arguments=retry_queue_arguments(sub.queue)
-            )
+            await channel.declare_queue(retry_queue(sub.queue, attempt), durable=True,
+                                        arguments=retry_queue_arguments(sub))
+
+
+async def _declare_shards(channel: AbstractChannel, service: str, sub: Subscription, source) -> None:
+    """source --keys--> wabus.<queue>.shards (headers) --x-wabus-shard--> <queue>.<k>, one active consumer each."""
+    router = await channel.declare_exchange(shards_exchange(sub.queue), aio_pika.ExchangeType.HEADERS, durable=True)
+    for key in sub.keys:
+        await router.bind(source, routing_key=key)
+    single = replace(sub, single_active=True)
+    for k in range(sub.shards):
+        queue = await channel.declare_queue(shard_queue(sub.queue, k), durable=True,
+                                            arguments=queue_arguments(service, single))
+        for slot in range(k, SHARD_SLOTS, sub.shards):
+            await queue.bind(router, arguments={"x-match": "all", SHARD_HEADER: str(slot)})

@@ -54,10 +54,18 @@ async def _noop(event, uow):
 
 
 def test_queues_set_delivery_limit_and_dead_lettering_explicitly():
-    args = queue_arguments("notifier", Subscription("notifier.turns", "wabus.scheduler", ["turn.reached"], _noop))
+    sub = Subscription("notifier.turns", "wabus.scheduler", ["turn.reached"], _noop)
+    args = queue_arguments("notifier", sub)
     assert args["x-queue-type"] == "quorum"
     assert args["x-delivery-limit"] > 0
     assert args["x-dead-letter-exchange"] == "wabus.notifier.dead"
     assert args["x-dead-letter-strategy"] == "at-least-once" and args["x-overflow"] == "reject-publish"
-    retry = retry_queue_arguments("notifier.turns")
+    retry = retry_queue_arguments(sub)
     assert retry["x-dead-letter-exchange"] == "" and retry["x-dead-letter-routing-key"] == "notifier.turns"
+
+
+def test_sharded_retries_go_home_through_the_shards_exchange():
+    sub = Subscription("processor.messages", "wabus.gateway", ["whatsapp.message.received"], _noop, shards=4)
+    retry = retry_queue_arguments(sub)
+    assert retry["x-dead-letter-exchange"] == "wabus.processor.messages.shards"
+    assert "x-dead-letter-routing-key" not in retry

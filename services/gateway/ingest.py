@@ -1,0 +1,90 @@
+"""Durable acceptance: every webhook event is kept, once, with its outgoing event, in one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from shared.events import outbox
+from shared.events.catalog import Direction, WhatsAppMessageReceived
+from shared.events.envelope import Envelope, Event
+from shared.phones import chat_of_phone, parse_jid
+
+from . import repository
+from .domain import Accepted, Tenant
+
+
+@dataclass(frozen=True)
+class Incoming:
+    tenant: Tenant
+    accepted: Accepted
+    received_at: datetime
+
+
+async def record_webhooks(conn: asyncpg.Connection, items: list[Incoming]) -> list[bool]:
+    """Store what is new and queue its event; True per item kept now, False for a repeat."""
+    lid_phones = await _lid_phones(conn, items)
+    first: dict[tuple[str, str, str], Envelope] = {}
+    for item in items:
+        key = (item.tenant.id, item.tenant.provider.value, item.accepted.dedupe_key)
+        if key not in first:  # a repeat inside one batch (concurrent duplicates) is still a repeat
+            event = _resolve_lid(item.accepted.event, lid_phones.get(item.tenant.id, {}))
+            first[key] = Envelope.new(event, tenant_id=item.tenant.id, occurred_at=item.received_at)
+    keys = list(first)
+    inserted = await conn.fetch(
+        repository.INSERT_RECEIVED,
+        [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [first[k].id for k in keys],
+    )
+    new = {(r["tenant_id"], r["provider"], r["dedupe_key"]) for r in inserted}
+    await outbox.add(conn, [first[k] for k in keys if k in new])
+    learned = [(i.tenant.id, i.accepted.lid, i.accepted.lid_phone) for i in items if i.accepted.lid and i.accepted.lid_phone]
+    if learned:
+        await conn.execute(repository.REMEMBER_LID_PHONES, *map(list, zip(*learned, strict=True)))
+
+    results = []
+    for item in items:
+        key = (item.tenant.id, item.tenant.provider.value, item.accepted.dedupe_key)
+        results.append(key in new)
+        new.discard(key)  # only the first of several copies counts as new
+    return results
+
+
+async def _lid_phones(conn: asyncpg.Connection, items: list[Incoming]) -> dict[str, dict[str, str]]:
+    """Phones already known for the LIDs in this batch, plus those the batch itself reveals."""
+    known: dict[str, dict[str, str]] = {}
+    wanted: dict[str, set[str]] = {}
+    for item in items:
+        if item.accepted.lid and item.accepted.lid_phone:
+            known.setdefault(item.tenant.id, {})[item.accepted.lid] = item.accepted.lid_phone
+        lid = _lid_of(item.accepted.event)
+        if lid:
+            wanted.setdefault(item.tenant.id, set()).add(lid)
+    for tenant_id, lids in wanted.items():
+        missing = [lid for lid in lids if lid not in known.get(tenant_id, {})]
+        if missing:
+            for row in await conn.fetch(repository.FIND_LID_PHONES, tenant_id, missing):
+                known.setdefault(tenant_id, {})[row["lid"]] = row["phone"]
+    return known
+
+
+def _lid_of(event: Event) -> str | None:
+    if not isinstance(event, WhatsAppMessageReceived):
+        return None
+    m = event.message
+    person = m.participant if m.is_group else m.chat_id
+    return person if person and parse_jid(person).is_lid else None
+
+
+def _resolve_lid(event: Event, phones: dict[str, str]) -> Event:
+    """Give a LID sender its phone form, so both copies of one chat land in one conversation."""
+    lid = _lid_of(event)
+    phone = phones.get(lid) if lid else None
+    if phone is None:
+        return event
+    m = event.message  # type: ignore[attr-defined]
+    changes: dict[str, object] = {"sender": phone if m.direction is Direction.INBOUND else m.sender}
+    if not m.is_group:
+        changes["chat_id"] = chat_of_phone(phone)
+    return WhatsAppMessageReceived(message=m.model_copy(update=changes))
