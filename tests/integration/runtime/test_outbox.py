@@ -2,11 +2,13 @@
 
 import asyncio
 import json
+from datetime import UTC, datetime
 
 import asyncpg
 
-from shared.events import db, outbox
-from shared.events.catalog import decode
+from shared.events import db, deadletters, outbox
+from shared.events.catalog import QueueClosed, decode
+from shared.events.envelope import Envelope
 from shared.events.errors import PublishFailed
 from shared.events.metrics import Metrics
 from shared.events.outbox import Relay
@@ -138,4 +140,34 @@ async def test_a_notify_wakes_the_relay_without_waiting_for_its_poll(isolated):
         async with db.transaction(pool) as conn:
             await outbox.add(conn, [turn(5)])
         await listener.wait_for(1, timeout=10)
+        await pool.close()
+
+
+async def test_an_event_no_queue_is_bound_for_is_parked_visibly_and_does_not_hold_up_the_rest(isolated):
+    nobody_listens = Envelope.new(
+        QueueClosed(department="OPD", closed_at=datetime.now(UTC), closed_by="nurse"), tenant_id="clinic-a")
+    async with serve(isolated.settings(), SCHEDULER), Listener(isolated.amqp_url, "wabus.scheduler",
+                                                                 ["turn.reached"]) as listener:
+        pool = await _pool(isolated)
+        async with db.transaction(pool) as conn:
+            await outbox.add(conn, [nobody_listens, turn(1), turn(2)])
+        await listener.wait_for(2)
+
+        async def parked():
+            async with pool.acquire() as conn:
+                return await conn.fetch("SELECT * FROM failed_events")
+        (row,) = await eventually(parked, what="unroutable event parked")
+        assert row["subscription"] == "outbox" and row["event_id"] == str(nobody_listens.id)
+        assert row["reason"].startswith("unroutable: no queue bound to wabus.scheduler queue.closed")
+        assert (row["requeue_exchange"], row["requeue_routing_key"]) == ("wabus.scheduler", "queue.closed")
+        async with pool.acquire() as conn:
+            assert (await outbox.backlog(conn))[0] == 0
+
+        # Once someone listens, `wabus failed retry` delivers it.
+        async with Listener(isolated.amqp_url, "wabus.scheduler", ["queue.closed"]) as late:
+            async with pool.acquire() as conn, publisher(isolated.amqp_url) as pub:
+                (failed,) = await deadletters.list_failed(conn)
+                await deadletters.retry_failed(conn, pub, failed)
+            (message,) = await late.wait_for(1)
+            assert message.message_id == str(nobody_listens.id)
         await pool.close()
