@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import aio_pika
+import asyncpg
 
-from shared.events import db, deadletters, topology
+from shared.events import auth, db, deadletters, topology
 from shared.events.errors import PublishFailed
 from shared.events.metrics import Metrics
 from shared.events.migrate import ensure_database, migrate, migration_files
@@ -219,6 +220,49 @@ def cmd_failed(args: argparse.Namespace) -> int:
     return asyncio.run(_failed(args))
 
 
+# --- keys -------------------------------------------------------------------------------------
+
+
+async def _keys(args: argparse.Namespace) -> int:
+    """Every service checks keys against its own table: write each key to all of them, together."""
+    common = CommonSettings()
+    specs = _specs(common)
+    await _migrate(common, specs)
+    conn = await asyncpg.connect(common.database_url, timeout=common.connect_timeout_s)
+    try:
+        async with conn.transaction():
+            return await _keys_in(args, conn, [spec.schema for spec in specs])
+    finally:
+        await conn.close()
+
+
+async def _keys_in(args: argparse.Namespace, conn: asyncpg.Connection, schemas: list[str]) -> int:
+    if args.action == "add":
+        key, key_id, secret_hash = auth.new_key()
+        for schema in schemas:
+            await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+            await auth.add_key(conn, key_id=key_id, secret_hash=secret_hash, tenant_id=args.tenant,
+                               role=auth.Role[args.role.upper()], label=args.label)
+        print(json.dumps({"key_id": key_id, "tenant": args.tenant, "role": args.role, "api_key": key}, indent=2))
+        return 0
+    await conn.execute(f'SET LOCAL search_path TO "{schemas[0]}"')
+    if args.action == "list":
+        for row in await auth.list_keys(conn, args.tenant):
+            print(json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dict(row).items()}))
+        return 0
+    if args.action == "revoke":
+        revoked = False
+        for schema in schemas:
+            await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+            revoked = await auth.revoke_key(conn, args.key_id) or revoked
+        if not revoked:
+            print(f"no active key {args.key_id!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.key_id}")
+        return 0
+    raise AssertionError(args.action)
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -251,6 +295,18 @@ def parser() -> argparse.ArgumentParser:
     purge.add_argument("--retried", action="store_true", help="only the ones already retried")
     for action in (ls, show, retry, purge):
         action.set_defaults(func=cmd_failed)
+
+    keys = sub.add_parser("keys", help="tenant API keys: add (prints the key once), list, revoke")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    add = key_actions.add_parser("add", help="a new key for a tenant")
+    add.add_argument("--tenant", required=True)
+    add.add_argument("--role", required=True, choices=["admin", "staff", "viewer"])
+    add.add_argument("--label", help="who or what uses it")
+    listed = key_actions.add_parser("list", help="keys, never their secrets")
+    listed.add_argument("--tenant")
+    revoke = key_actions.add_parser("revoke", help="stop a key from working (within seconds)")
+    revoke.add_argument("key_id")
+    keys.set_defaults(func=lambda args: asyncio.run(_keys(args)))
 
     gateway_cli.register(sub, Path(gateway.__file__).parent / "migrations")
     return p

@@ -1,8 +1,13 @@
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from shared.events.runtime import ServiceSpec
 from shared.events.settings import CommonSettings
+from shared.events.topology import Subscription
 
+from . import api, handlers
+from .repository import ProcessorUnitOfWork
 from .settings import ProcessorSettings
 
 
@@ -12,4 +17,11 @@ def build(common: CommonSettings, own: ProcessorSettings) -> ServiceSpec:
         port=own.port,
         schema="processor",
         migrations=Path(__file__).parent / "migrations",
+        unit_of_work=ProcessorUnitOfWork,
+        subscriptions=[
+            # Sharded by chat, one delivery at a time per shard: a chat's messages keep their order.
+            Subscription("processor.messages", "wabus.gateway", ["whatsapp.message.received"],
+                         partial(handlers.process_message, clock=lambda: datetime.now(UTC)), shards=own.shards),
+        ],
+        routes=api.routes,
     )

@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 
 from . import db, outbox, topology
+from .auth import ApiKeys
 from .consumer import DeadLetterCollector, EventConsumer, QueueWorker
 from .errors import DatabaseUnavailable
 from .http import error_middleware, health_routes, render_metrics
@@ -62,6 +63,7 @@ AMQP = web.AppKey("amqp", AbstractRobustConnection)
 PUBLISHER = web.AppKey("publisher", Publisher)
 STOPPING = web.AppKey("stopping", asyncio.Event)
 JOB_RUNNERS = web.AppKey("job_runners", list)
+API_KEYS = web.AppKey("api_keys", ApiKeys)
 
 
 async def _retrying(what: str, connect: Callable[[], Any], stopping: asyncio.Event) -> Any:
@@ -89,6 +91,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     if applied:
         log.info("migrations applied", extra={"versions": applied})
     app[POOL] = pool
+    app[API_KEYS] = ApiKeys(pool)
     yield
     await asyncio.wait_for(pool.close(), timeout=s.shutdown_timeout_s)
 

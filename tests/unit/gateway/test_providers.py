@@ -1,0 +1,139 @@
+"""Every real sample parses into the event a subscriber should see."""
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from services.gateway.domain import BadShape, Tenant
+from services.gateway.providers import PARSERS
+from shared.events.catalog import AckStatus, Direction, MessageKind, Provider, SessionStatus
+from tests.samples import as_posted, webhook_samples
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def parse(name: str):
+    provider, body = as_posted(name)
+    tenant = Tenant("clinic-a", Provider(provider), "default", None, None, "MA", "fr")
+    return PARSERS[Provider(provider)](json.loads(body), tenant, NOW)
+
+
+@pytest.mark.parametrize("name", webhook_samples())
+def test_every_sample_parses(name):
+    parsed = parse(name)
+    assert parsed.events or parsed.ignored
+
+
+def messages(name):
+    return [a.event.message for a in parse(name).events]
+
+
+def test_waha_text_from_webjs():
+    (m,) = messages("waha/message.text.webjs.json")
+    assert (m.provider_message_id, m.chat_id, m.text, m.kind) == (
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "11111111111@c.us", "Hi there!", MessageKind.TEXT)
+    assert m.direction is Direction.OUTBOUND  # fromMe: our own message coming back
+    assert m.sent_at == datetime.fromtimestamp(1667561485, UTC)
+
+
+def test_waha_media_keeps_caption_url_and_mimetype():
+    (m,) = messages("waha/message.media.json")
+    assert m.kind is MessageKind.MEDIA and m.text is None
+    assert m.media.caption == "Check this out (caption for the media)!"
+    assert m.media.mimetype == "image/jpeg" and m.media.url.endswith(".jpg")
+
+
+def test_waha_reply_points_at_the_bare_id():
+    (m,) = messages("waha/message.reply.json")
+    assert m.reply_to == "AAAAAAAAAAAAAAAAAAA"
+
+
+def test_waha_lid_sender_with_a_bare_reply_id():
+    (m,) = messages("waha/message.any.lid-reply.partial.json")
+    assert m.chat_id == "72318944542853@lid" and m.direction is Direction.INBOUND
+    assert m.reply_to == "AC77C28A96045A41DA52D5DAF48AABE0" and m.text == "Olaaa"
+
+
+def test_waha_reaction_edit_and_revoke_point_at_their_message():
+    (reaction,) = messages("waha/message.reaction.json")
+    assert (reaction.kind, reaction.reaction, reaction.target_message_id) == (
+        MessageKind.REACTION, "🙏", "11111111111111111111111111111111")
+    (edit,) = messages("waha/message.edited.partial.json")
+    assert (edit.kind, edit.text, edit.target_message_id) == (MessageKind.EDIT, "New body", "AAAAAAAAAAAAAAAA")
+    (revoke,) = messages("waha/message.revoked.partial.json")
+    assert (revoke.kind, revoke.target_message_id) == (MessageKind.REVOKE, "AAAAAAAAAAAAAAAA")
+
+
+def test_waha_acks_are_mapped_by_name_and_group_acks_per_participant():
+    (single,) = parse("waha/message.ack.json").events
+    (group,) = parse("waha/message.ack.group.json").events
+    assert single.event.status is AckStatus.READ and group.event.status is AckStatus.READ
+    assert single.dedupe_key != group.dedupe_key  # one ack per participant in a group
+    assert group.event.chat_id == "11111111111@g.us"
+
+
+def test_waha_session_status():
+    (status,) = parse("waha/session.status.json").events
+    assert status.event.status is SessionStatus.WORKING and status.event.connected
+    assert status.event.at == datetime.fromtimestamp(1700000003, UTC)
+
+
+def test_waha_call_stub_and_empty_payloads_are_ignored():
+    assert [i.reason for i in parse("waha/message.noweb.call-stub.json").ignored] == ["call notification"]
+    assert [i.reason for i in parse("waha/envelope.structure.json").ignored] == ["empty payload"]
+
+
+def test_evolution_upsert_echo_is_outbound_text():
+    (m,) = messages("evolution/messages.upsert.json")
+    assert m.direction is Direction.OUTBOUND and m.text.startswith("Clínica")
+    assert m.provider_message_id == "4DA1D8D1B5B0139AC8C44B44B8CF5A93"
+    assert m.chat_id == "55119********@c.us" and m.sender is None  # masked by the reporter: no phone
+
+
+def test_evolution_deleted_status_is_an_edit_never_a_deletion():
+    (m,) = messages("evolution/messages.update.json")
+    assert m.kind is MessageKind.EDIT and m.target_message_id == "A5561E44C2A63682E4295B52F484C14E"
+    assert m.text is None
+
+
+def test_evolution_connection_replaced_is_a_stopped_session():
+    (status,) = parse("evolution/connection.update.close.json").events
+    assert status.event.status is SessionStatus.STOPPED and not status.event.connected
+    assert status.event.session == "tiago-dev"
+
+
+def test_baileys_numeric_status_is_named_not_compared():
+    (ack,) = parse("baileys/messages.update.status.json").events
+    assert ack.event.status is AckStatus.SERVER  # Baileys 2 = SERVER_ACK; WAHA's 2 would be DEVICE
+
+
+def test_baileys_revoke_arrives_as_a_protocol_message():
+    (m,) = messages("baileys/messages.upsert.revoke.partial.json")
+    assert (m.kind, m.target_message_id, m.chat_id, m.is_group) == (
+        MessageKind.REVOKE, "3A094AD1F16E847023AE", "120363151623077576@g.us", True)
+
+
+def test_meta_text_status_and_errors():
+    (m,) = messages("meta/messages.text.json")
+    assert (m.sender, m.sender_name, m.chat_id, m.text) == (
+        "+16315551181", "test user name", "16315551181@c.us", "this is a text message")
+    (sent,) = parse("meta/statuses.sent.json").events
+    (delivered,) = parse("meta/statuses.delivered.json").events
+    assert (sent.event.status, delivered.event.status) == (AckStatus.SERVER, AckStatus.DELIVERED)
+    assert sent.event.provider_message_id == delivered.event.provider_message_id
+    assert [i.reason for i in parse("meta/errors.rate-limit.json").ignored] == ["130429 Rate limit hit"]
+
+
+@pytest.mark.parametrize("provider, body, field", [
+    (Provider.WAHA, {"session": "default"}, "event"),
+    (Provider.WAHA, {"event": "message", "session": "default", "payload": {"from": "1@c.us"}}, "payload.id"),
+    (Provider.EVOLUTION, {"event": "messages.upsert", "instance": "x", "data": {"key": {"id": "A"}}},
+     "data.key.remoteJid"),
+    (Provider.META, {"object": "whatsapp_business_account", "entry": [{"id": "1"}]}, "entry.0.changes"),
+])
+def test_wrong_shape_names_the_field(provider, body, field):
+    tenant = Tenant("clinic-a", provider, "default", None, None, "MA", "fr")
+    with pytest.raises(BadShape) as info:
+        PARSERS[provider](body, tenant, NOW)
+    assert info.value.field == field
