@@ -41,6 +41,8 @@ SELECT 'outbox', event_id::text, event_type, body::jsonb ->> 'tenant_id', conver
 FROM outbox WHERE seq = $1
 """
 
+_RELAY_LOCK = "SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext('outbox-relay'))"
+
 _BACKLOG = "SELECT count(*), extract(epoch FROM clock_timestamp() - min(created_at)) FROM outbox"
 
 
@@ -78,6 +80,7 @@ class Relay:
         self._connect_timeout_s = connect_timeout_s
         self._wake = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
+        self._holds_lock = False
 
     async def drain(self) -> int:
         """Publish until the outbox is empty or the broker fails; returns rows published."""
@@ -118,13 +121,18 @@ class Relay:
         )
         await self._publisher.send(row["exchange"], row["routing_key"], message)
 
+    @property
+    def is_active(self) -> bool:
+        return self._listener is not None and not self._listener.is_closed() and self._holds_lock
+
     async def run(self, stopping: asyncio.Event) -> None:
         """Drain on every NOTIFY, and on a poll in case a notification was missed."""
         failures = 0
         while not stopping.is_set():
             await self._ensure_listening()
             try:
-                await self.drain()
+                if self.is_active:
+                    await self.drain()
                 failures = 0
             except (PublishFailed, DatabaseUnavailable) as exc:
                 failures += 1
@@ -141,16 +149,23 @@ class Relay:
             self._wake.clear()
 
     async def _ensure_listening(self) -> None:
-        if self._listener is not None and not self._listener.is_closed():
-            return
         try:
-            self._listener = await db.connect(self._dsn, self._schema, timeout=self._connect_timeout_s)
-            await self._listener.add_listener(f"{self._schema}.outbox", lambda *_: self._wake.set())
-        except (*db.CONNECTION_ERRORS, OSError, TimeoutError) as exc:
-            self._listener = None  # polling carries on until the database is back
+            if self._listener is None or self._listener.is_closed():
+                self._holds_lock = False
+                self._listener = await db.connect(self._dsn, self._schema, timeout=self._connect_timeout_s)
+                await self._listener.add_listener(f"{self._schema}.outbox", lambda *_: self._wake.set())
+            if not self._holds_lock:
+                # One relay per service publishes, so events leave in the order they were written;
+                # the others stand by until its connection, and so its lock, is gone.
+                self._holds_lock = bool(await self._listener.fetchval(_RELAY_LOCK))
+                if self._holds_lock:
+                    log.info("outbox relay active")
+        except (*db.CONNECTION_ERRORS, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            await self.close()  # polling carries on until the database is back
             log.warning("outbox listener unavailable", extra={"error": str(exc)})
 
     async def close(self) -> None:
+        self._holds_lock = False
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._listener.close(), timeout=5)
