@@ -56,9 +56,10 @@ class Isolated:
         return self.postgres.url_for(self.database)
 
     def settings(self, **overrides) -> CommonSettings:
-        fast = dict(outbox_poll_interval_s=0.2, unavailable_backoff_s=0.2, leader_poll_interval_s=0.2,
-                    shutdown_timeout_s=10.0, publish_timeout_s=5.0, connect_timeout_s=5.0)
-        return CommonSettings(amqp_url=self.amqp_url, database_url=self.database_url, **{**fast, **overrides})
+        fast = dict(amqp_url=self.amqp_url, database_url=self.database_url, outbox_poll_interval_s=0.2,
+                    unavailable_backoff_s=0.2, leader_poll_interval_s=0.2, shutdown_timeout_s=10.0,
+                    publish_timeout_s=5.0, connect_timeout_s=5.0)
+        return CommonSettings(**{**fast, **overrides})
 
     def env(self) -> dict[str, str]:
         """Environment for a `wabus` subprocess pointed at this test's vhost and database."""

@@ -121,6 +121,10 @@ class Relay:
         )
         await self._publisher.send(row["exchange"], row["routing_key"], message)
 
+    def wake(self) -> None:
+        """Drain now (the broker is back, say) instead of at the next poll."""
+        self._wake.set()
+
     @property
     def is_active(self) -> bool:
         return self._listener is not None and not self._listener.is_closed() and self._holds_lock
@@ -140,7 +144,7 @@ class Relay:
             except Exception:  # noqa: BLE001 - the relay must outlive any one bad pass
                 failures += 1
                 log.exception("outbox relay pass failed", extra={"failures": failures})
-            delay = self._poll_interval_s if failures == 0 else min(30.0, 0.5 * 2 ** min(failures, 6))
+            delay = self._poll_interval_s if failures == 0 else min(5.0, 0.25 * 2 ** min(failures, 5))
             waker = asyncio.ensure_future(self._wake.wait())
             stopper = asyncio.ensure_future(stopping.wait())
             await asyncio.wait({waker, stopper}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)

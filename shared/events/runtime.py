@@ -120,6 +120,7 @@ async def _outbox_relay(app: web.Application) -> AsyncIterator[None]:
                   connect_timeout_s=s.connect_timeout_s)
     relay_stopping = asyncio.Event()
     task = asyncio.create_task(relay.run(relay_stopping), name=f"{spec.name}-outbox-relay")
+    app[AMQP].reconnect_callbacks.add(lambda *_: relay.wake())
     yield
     # Consumers have stopped by now; publish what their last transactions wrote.
     relay_stopping.set()
