@@ -63,6 +63,7 @@ def via(url: str, port: int) -> str:
 @dataclass
 class Inbound:
     gateway_url: str
+    processor_urls: list[str]
     http: aiohttp.ClientSession
 
     async def post(self, provider: str, body: bytes, *, tenant: str | None = None, sign: bool = True,
@@ -83,13 +84,15 @@ async def running(settings, *, processors: int = 1, gateway_settings: GatewaySet
                   shards: int = 4):
     """The gateway and `processors` processor replicas, served in this event loop."""
     async with contextlib.AsyncExitStack() as stack:
+        processor_urls = []
         for _ in range(processors):
-            await stack.enter_async_context(serve(settings, processor_app.build(
+            processor = await stack.enter_async_context(serve(settings, processor_app.build(
                 settings, ProcessorSettings(port=0, shards=shards))))
+            processor_urls.append(processor.url)
         gateway = await stack.enter_async_context(serve(settings, gateway_app.build(
             settings, gateway_settings or GatewaySettings(port=0))))
         http = await stack.enter_async_context(aiohttp.ClientSession())
-        yield Inbound(gateway.url, http)
+        yield Inbound(gateway.url, processor_urls, http)
 
 
 @pytest.fixture
