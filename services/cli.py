@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import aio_pika
 import asyncpg
 
 from shared.events import auth, db, deadletters, topology
+from shared.events.asyncapi import render as render_asyncapi
 from shared.events.errors import PublishFailed
 from shared.events.metrics import Metrics
 from shared.events.migrate import ensure_database, migrate, migration_files
@@ -220,6 +222,19 @@ def cmd_failed(args: argparse.Namespace) -> int:
     return asyncio.run(_failed(args))
 
 
+# --- asyncapi ---------------------------------------------------------------------------------
+
+
+def cmd_asyncapi(args: argparse.Namespace) -> int:
+    text = render_asyncapi(importlib.metadata.version("wabus"))
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    return 0
+
+
 # --- keys -------------------------------------------------------------------------------------
 
 
@@ -295,6 +310,10 @@ def parser() -> argparse.ArgumentParser:
     purge.add_argument("--retried", action="store_true", help="only the ones already retried")
     for action in (ls, show, retry, purge):
         action.set_defaults(func=cmd_failed)
+
+    asyncapi = sub.add_parser("asyncapi", help="write the AsyncAPI document of every event (docs/asyncapi.json)")
+    asyncapi.add_argument("--output", default="docs/asyncapi.json", help="a path, or - for standard output")
+    asyncapi.set_defaults(func=cmd_asyncapi)
 
     keys = sub.add_parser("keys", help="tenant API keys: add (prints the key once), list, revoke")
     key_actions = keys.add_subparsers(dest="action", required=True)
