@@ -22,6 +22,7 @@ def broker():
         broker = Broker.start()
     except ServiceMissing as exc:
         pytest.fail(str(exc), pytrace=False)
+    asyncio.run(broker.sweep())
     yield broker
     asyncio.run(broker.cleanup())
 
@@ -30,6 +31,7 @@ def broker():
 def postgres():
     try:
         pg = Postgres.start()
+        asyncio.run(pg.sweep())
         specs = [build(CommonSettings()) for build in BUILDERS.values()]
         asyncio.run(pg.prepare_template([(s.schema, s.migrations) for s in specs]))
     except ServiceMissing as exc:
@@ -81,3 +83,19 @@ def pytest_report_header(config):
     amqp = os.environ.get("WABUS_AMQP_URL", "testcontainers")
     database = os.environ.get("WABUS_DATABASE_URL", "testcontainers")
     return [f"wabus: broker {amqp}, database {database}, CI={_in_ci()}"]
+
+
+@pytest.fixture
+async def processes():
+    """Subprocesses a test starts; whatever still runs at the end is killed, even when the test failed."""
+    started: list[asyncio.subprocess.Process] = []
+    yield started
+    for proc in started:
+        if proc.returncode is None:
+            # Politely first: `wabus up` stops its own children on SIGTERM.
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()

@@ -29,6 +29,22 @@ def _docker_hint(exc: BaseException) -> str:
             "or make a Docker engine available for testcontainers.")
 
 
+def _left_by_dead_run(name: str, prefix: str) -> bool:
+    """Test resources carry the pid of the run that made them; a dead pid means nobody will clean up."""
+    if not name.startswith(prefix):
+        return False
+    pid = name[len(prefix):].replace("-", "_").split("_", 1)[0]
+    if not pid.isdigit():
+        return True  # made before names carried a pid
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 @dataclass
 class Broker:
     """A RabbitMQ server on which each test gets a vhost of its own."""
@@ -70,8 +86,15 @@ class Broker:
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {out.decode(errors='replace')}")
         return out.decode(errors="replace")
 
+    async def sweep(self) -> None:
+        """Delete vhosts left by test runs that died (their process is gone) before they could clean up."""
+        listed = await self.rabbitmqctl("list_vhosts", "--quiet", "--no-table-headers")
+        for name in listed.split():
+            if _left_by_dead_run(name, "wabus-test-"):
+                await self.rabbitmqctl("delete_vhost", name)
+
     async def new_vhost(self) -> str:
-        name = f"wabus-test-{uuid.uuid4().hex[:12]}"
+        name = f"wabus-test-{os.getpid()}-{uuid.uuid4().hex[:10]}"
         user = urlsplit(self.url).username or "guest"
         await self.rabbitmqctl("add_vhost", name)
         await self.rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
@@ -129,9 +152,20 @@ class Postgres:
         except (OSError, asyncpg.PostgresError) as exc:
             raise ServiceMissing(f"PostgreSQL at {self.url!r} is not reachable: {exc!r}") from exc
 
+    async def sweep(self) -> None:
+        """Drop databases left by test runs that died before they could clean up."""
+        admin = await self._admin()
+        try:
+            for row in await admin.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'wabus\\_t%'"):
+                name = row["datname"]
+                if _left_by_dead_run(name, "wabus_test_") or _left_by_dead_run(name, "wabus_tpl_"):
+                    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
     async def prepare_template(self, schemas: list[tuple[str, object]]) -> None:
         """One migrated database per run; every test clones it, which takes milliseconds."""
-        self.template = f"wabus_tpl_{uuid.uuid4().hex[:10]}"
+        self.template = f"wabus_tpl_{os.getpid()}_{uuid.uuid4().hex[:10]}"
         admin = await self._admin()
         try:
             await admin.execute(f'CREATE DATABASE "{self.template}"')
@@ -145,7 +179,7 @@ class Postgres:
             await conn.close()
 
     async def new_database(self) -> str:
-        name = f"wabus_test_{uuid.uuid4().hex[:12]}"
+        name = f"wabus_test_{os.getpid()}_{uuid.uuid4().hex[:10]}"
         admin = await self._admin()
         try:
             await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')

@@ -5,10 +5,11 @@ from aiohttp import web
 
 from shared.events.batching import GroupCommit
 from shared.events.jobs import Periodic
-from shared.events.runtime import METRICS, POOL, ServiceSpec
+from shared.events.runtime import METRICS, POOL, STOPPING, ServiceSpec
 from shared.events.settings import CommonSettings
+from shared.events.topology import Subscription
 
-from . import api, jobs
+from . import api, jobs, stream
 from .ingest import record_webhooks
 from .repository import TenantDirectory
 from .settings import GatewaySettings
@@ -21,8 +22,13 @@ def build(common: CommonSettings, own: GatewaySettings) -> ServiceSpec:
             settings=own, tenants=TenantDirectory(app[POOL], own.tenant_cache_s), commit=commit,
             metrics=api.WebhookMetrics(app[METRICS].registry),
         )
+        hub = stream.StreamHub(app[POOL], common.database_url, "gateway", app[METRICS].registry,
+                               connect_timeout_s=common.connect_timeout_s)
+        app[stream.HUB] = hub
         commit.start()
+        await hub.start(app[STOPPING])
         yield
+        await hub.stop()
         await commit.stop()
 
     return ServiceSpec(
@@ -30,8 +36,21 @@ def build(common: CommonSettings, own: GatewaySettings) -> ServiceSpec:
         port=own.port,
         schema="gateway",
         migrations=Path(__file__).parent / "migrations",
-        routes=api.routes,
+        routes=[*api.routes, *stream.routes],
         contexts=[gateway],
-        jobs=[Periodic("prune_received_webhooks", 3600.0, jobs.prune_received_webhooks(own.received_retention_days))],
+        subscriptions=[
+            # What browsers may follow, kept for the stream hubs of every gateway replica.
+            Subscription("gateway.stream.processor", "wabus.processor", ["message.processed"],
+                         stream.record_stream_event),
+            Subscription("gateway.stream.scheduler", "wabus.scheduler",
+                         ["queue.opened", "queue.closed", "queue.status.changed", "ticket.issued", "turn.reached"],
+                         stream.record_stream_event),
+            Subscription("gateway.stream.notifier", "wabus.notifier", ["notification.status", "broadcast.status"],
+                         stream.record_stream_event),
+        ],
+        jobs=[
+            Periodic("prune_received_webhooks", 3600.0, jobs.prune_received_webhooks(own.received_retention_days)),
+            Periodic("prune_stream_events", 600.0, jobs.prune_stream_events(own.stream_retention_h)),
+        ],
         max_body_bytes=own.max_body_bytes,
     )

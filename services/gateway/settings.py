@@ -14,3 +14,5 @@ class GatewaySettings(BaseSettings):
     # Providers retry for days (Meta up to 7): dedupe keys outlive that.
     received_retention_days: float = Field(14.0, gt=0)
     max_batch: int = Field(1000, ge=1)
+    # How far back a reconnecting browser can catch up.
+    stream_retention_h: float = Field(24.0, gt=0)

@@ -36,8 +36,8 @@ def document(version: str) -> dict[str, Any]:
             "contentType": "application/json",
             "payload": {"$ref": envelope_ref},
             "headers": {"type": "object", "properties": {
-                "x-wabus-shard-key": {"type": "string", "description": "tenant:chat, where order per chat matters"},
-                "x-wabus-shard": {"type": "string", "description": "the shard slot (0-63) of x-wabus-shard-key"},
+                "wabus-shard-key": {"type": "string", "description": "tenant:chat, where order per chat matters"},
+                "wabus-shard": {"type": "string", "description": "the shard slot (0-63) of wabus-shard-key"},
             }},
             "bindings": {"amqp": {"messageType": route.routing_key, "deliveryMode": 2, "bindingVersion": "0.3.0"}},
         }

@@ -92,8 +92,9 @@ class Envelope(BaseModel, Generic[E]):
         return {SHARD_KEY_HEADER: scoped, SHARD_HEADER: str(shard_of(scoped))}
 
 
-SHARD_KEY_HEADER = "x-wabus-shard-key"
-SHARD_HEADER = "x-wabus-shard"
+# Not `x-` names: a headers exchange leaves `x-` headers out of matching.
+SHARD_KEY_HEADER = "wabus-shard-key"
+SHARD_HEADER = "wabus-shard"
 SHARD_SLOTS = 64  # fixed: consumers map slots onto however many shard queues they run
 
 

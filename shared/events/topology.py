@@ -129,7 +129,7 @@ async def declare(channel: AbstractChannel, service: str, subscriptions: Sequenc
 
 
 async def _declare_shards(channel: AbstractChannel, service: str, sub: Subscription, source) -> None:
-    """source --keys--> wabus.<queue>.shards (headers) --x-wabus-shard--> <queue>.<k>, one active consumer each."""
+    """source --keys--> wabus.<queue>.shards (headers) --wabus-shard--> <queue>.<k>, one active consumer each."""
     router = await channel.declare_exchange(shards_exchange(sub.queue), aio_pika.ExchangeType.HEADERS, durable=True)
     for key in sub.keys:
         await router.bind(source, routing_key=key)

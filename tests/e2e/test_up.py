@@ -40,8 +40,10 @@ async def _status(http: aiohttp.ClientSession, url: str) -> int | None:
         return None
 
 
-async def test_up_starts_four_ready_services_with_runtime_metrics_and_stops_them_on_ctrl_c(isolated, tmp_path):
+async def test_up_starts_four_ready_services_with_runtime_metrics_and_stops_them_on_ctrl_c(isolated, tmp_path,
+                                                                                         processes):
     proc, ports, log = await _start_up(isolated, tmp_path)
+    processes.append(proc)
     try:
         async with aiohttp.ClientSession() as http:
             for name, port in ports.items():
@@ -69,8 +71,9 @@ async def test_up_starts_four_ready_services_with_runtime_metrics_and_stops_them
     assert "wabus stopped." in output
 
 
-async def test_up_stops_everything_when_one_service_dies(isolated, tmp_path):
+async def test_up_stops_everything_when_one_service_dies(isolated, tmp_path, processes):
     proc, ports, log = await _start_up(isolated, tmp_path)
+    processes.append(proc)
     try:
         async with aiohttp.ClientSession() as http:
             for port in ports.values():

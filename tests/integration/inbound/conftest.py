@@ -91,7 +91,7 @@ async def running(settings, *, processors: int = 1, gateway_settings: GatewaySet
             processor_urls.append(processor.url)
         gateway = await stack.enter_async_context(serve(settings, gateway_app.build(
             settings, gateway_settings or GatewaySettings(port=0))))
-        http = await stack.enter_async_context(aiohttp.ClientSession())
+        http = await stack.enter_async_context(aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)))
         yield Inbound(gateway.url, processor_urls, http)
 
 

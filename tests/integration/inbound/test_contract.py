@@ -38,7 +38,7 @@ async def test_a_client_bound_as_documented_receives_processed_messages_that_mat
                         assert message.type == message_doc["bindings"]["amqp"]["messageType"]
                         assert message.content_type == message_doc["contentType"]
                         assert message.message_id == body["id"]
-                        assert message.headers["x-wabus-shard-key"] == "clinic-meta:16315551181@c.us"
+                        assert message.headers["wabus-shard-key"] == "clinic-meta:16315551181@c.us"
                         assert body["data"]["message"]["text"] == "this is a text message"
                         break
         finally:

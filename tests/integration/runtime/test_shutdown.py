@@ -21,8 +21,9 @@ async def _start(isolated, log_path):
     return proc, log
 
 
-async def test_sigterm_under_load_loses_and_doubles_nothing(isolated, effects, tmp_path):
+async def test_sigterm_under_load_loses_and_doubles_nothing(isolated, effects, tmp_path, processes):
     first, first_log = await _start(isolated, tmp_path / "first.log")
+    processes.append(first)
     sent = [turn(n) for n in range(TOTAL)]
 
     async def routable():
@@ -47,6 +48,7 @@ async def test_sigterm_under_load_loses_and_doubles_nothing(isolated, effects, t
     assert applied_by_first < TOTAL, "the signal came after all the work; the test proves nothing"
 
     second, second_log = await _start(isolated, tmp_path / "second.log")
+    processes.append(second)
     try:
         await eventually(lambda: _at_least(effects.count(), TOTAL), timeout=60, what="the rest applied")
     finally:
@@ -64,12 +66,13 @@ async def _at_least(count_coro, n: int) -> bool:
     return (await count_coro) >= n
 
 
-async def test_sigterm_while_waiting_for_the_database_at_start_up_exits_cleanly(isolated, tmp_path):
+async def test_sigterm_while_waiting_for_the_database_at_start_up_exits_cleanly(isolated, tmp_path, processes):
     env = {**isolated.env(), "WABUS_DATABASE_URL": "postgresql://127.0.0.1:1/nowhere"}
     with open(tmp_path / "waiting.log", "wb") as log:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.integration.runtime.consumer_process", env=env, stdout=log, stderr=log,
         )
+        processes.append(proc)
         await eventually(lambda: _contains(tmp_path / "waiting.log", "waiting for database"), timeout=30)
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), timeout=30)

@@ -1,0 +1,1 @@
+"""Benchmarks for wabus: `python -m bench ingest` (see bench/README.md)."""

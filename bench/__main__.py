@@ -1,0 +1,25 @@
+"""`python -m bench <benchmark> [options]` (through `./dev bench …`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from . import ingest
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description="wabus benchmarks (see bench/README.md)")
+    sub = parser.add_subparsers(dest="benchmark", required=True)
+    ingest_parser = sub.add_parser(
+        "ingest", help="webhook ingest: fixed rate and max rate, wabus vs a Celery + Flask baseline")
+    ingest.add_arguments(ingest_parser)
+    args = parser.parse_args(argv)
+    if args.benchmark == "ingest":
+        return asyncio.run(ingest.run(args, argv))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

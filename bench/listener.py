@@ -1,0 +1,114 @@
+"""The MessageProcessed listener: a separate process, so its JSON decoding does not delay the sender.
+
+It binds an exclusive queue to `wabus.processor` / `message.processed` and notes, for every message
+of this run, when it arrived (time.perf_counter: CLOCK_MONOTONIC, the same clock in every process
+of the machine, so it compares with the sender's send times). The parent talks to it over a pipe:
+("count", phase) -> how many of that phase arrived; ("stop",) -> {message id: arrival time}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import time
+from collections import Counter
+from multiprocessing.connection import Connection
+
+import aio_pika
+
+EXCHANGE = "wabus.processor"
+ROUTING_KEY = "message.processed"
+
+
+def run(amqp_url: str, run_prefix: str, conn: Connection, lifetime_s: float) -> None:
+    asyncio.run(_listen(amqp_url, run_prefix, conn, lifetime_s))
+
+
+async def _listen(amqp_url: str, run_prefix: str, conn: Connection, lifetime_s: float) -> None:
+    arrived: dict[str, float] = {}
+    per_phase: Counter[str] = Counter()
+    others = 0
+    connection = await aio_pika.connect(amqp_url, timeout=10)
+    try:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=2000)
+        queue = await channel.declare_queue("", exclusive=True, auto_delete=True, durable=False)
+        await queue.bind(EXCHANGE, routing_key=ROUTING_KEY)
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal others
+            at = time.perf_counter()
+            pid = json.loads(message.body)["data"]["message"]["provider_message_id"]
+            if pid.startswith(run_prefix) and pid not in arrived:
+                arrived[pid] = at
+                per_phase[pid[len(run_prefix)]] += 1
+            else:
+                others += 1
+
+        await queue.consume(on_message, no_ack=True)
+        conn.send("ready")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + lifetime_s  # bounded even if the parent never says stop
+        while loop.time() < deadline:
+            request = await loop.run_in_executor(None, _poll, conn)  # returns within a second
+            if request is None:
+                continue
+            if request[0] == "count":
+                conn.send(per_phase[request[1]])
+            elif request[0] == "stop":
+                break
+    finally:
+        with contextlib.suppress(Exception):
+            await connection.close()
+    conn.send({"arrived": arrived, "others": others})
+
+
+def _poll(conn: Connection):
+    if conn.poll(1.0):
+        try:
+            return conn.recv()
+        except EOFError:
+            return ("stop",)
+    return None
+
+
+class Listener:
+    """The parent's handle on the listener process."""
+
+    def __init__(self, amqp_url: str, run_prefix: str, lifetime_s: float):
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self.process = context.Process(target=run, args=(amqp_url, run_prefix, child, lifetime_s),
+                                       name="bench-listener", daemon=True)
+        self.process.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def ready(self, timeout_s: float = 30) -> None:
+        if not await asyncio.to_thread(self._conn.poll, timeout_s):
+            raise RuntimeError("listener did not bind its queue in time")
+        message = self._conn.recv()
+        if message != "ready":
+            raise RuntimeError(f"listener: {message!r}")
+
+    async def count(self, phase: str) -> int:
+        self._conn.send(("count", phase))
+        if not await asyncio.to_thread(self._conn.poll, 10):
+            raise RuntimeError("listener did not answer")
+        return self._conn.recv()
+
+    async def stop(self) -> dict:
+        try:
+            self._conn.send(("stop",))
+            if await asyncio.to_thread(self._conn.poll, 30):
+                return self._conn.recv()
+            return {"arrived": {}, "others": 0}
+        finally:
+            await asyncio.to_thread(self.process.join, 10)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(5)

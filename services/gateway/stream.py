@@ -1,0 +1,332 @@
+"""Real-time fan-out to browsers: WebSocket (/v1/ws) and Server-Sent Events (/v1/stream).
+
+Events reach `stream_events` through the gateway's durable `gateway.stream` subscription. Each
+gateway replica runs one hub that reads new rows and hands them to its connected clients, filtered
+by tenant (from the API key), topic and department. An id is `<xid>.<seq>`: a client that
+reconnects with the last id it saw is first given every row after it, then the live stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+
+import asyncpg
+from aiohttp import WSMsgType, web
+from prometheus_client import CollectorRegistry, Gauge
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.events import db
+from shared.events.auth import Principal, Role
+from shared.events.envelope import Envelope
+from shared.events.runtime import API_KEYS
+
+log = logging.getLogger(__name__)
+
+TOPICS = ("message.processed", "queue.opened", "queue.closed", "queue.status.changed", "ticket.issued",
+          "turn.reached", "notification.status", "broadcast.status")
+HEARTBEAT_S = 15.0
+CLIENT_BUFFER = 1000  # a client further behind than this is dropped; it reconnects and catches up
+
+Cursor = tuple[int, int]  # (xid, seq)
+
+_RECORD = """
+INSERT INTO stream_events (tenant_id, topic, department, event_id, body, occurred_at)
+VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING
+"""
+
+# Only rows of transactions older than every one still running: none can appear before them later.
+_FINAL = "xid < pg_snapshot_xmin(pg_current_snapshot())"
+
+_NEWER = f"""
+SELECT xid::text::bigint AS xid, seq, tenant_id, topic, department, body FROM stream_events
+WHERE (xid, seq) > ($1::text::xid8, $2) AND {_FINAL} ORDER BY xid, seq LIMIT $3
+"""
+
+_REPLAY = f"""
+SELECT xid::text::bigint AS xid, seq, tenant_id, topic, department, body FROM stream_events
+WHERE tenant_id = $1 AND (xid, seq) > ($2::text::xid8, $3) AND (xid, seq) <= ($4::text::xid8, $5) AND {_FINAL}
+  AND topic = ANY($6::text[]) AND ($7::text IS NULL OR department = $7)
+ORDER BY xid, seq LIMIT 10000
+"""
+
+_HORIZON = f"SELECT xid::text::bigint, seq FROM stream_events WHERE {_FINAL} ORDER BY xid DESC, seq DESC LIMIT 1"
+
+PRUNE_STREAM = "DELETE FROM stream_events WHERE occurred_at < $1"
+
+
+async def record_stream_event(envelope: Envelope, conn: asyncpg.Connection) -> list:
+    """Keep an event for the browsers of its tenant (gateway.stream subscription)."""
+    await conn.execute(_RECORD, envelope.tenant_id, envelope.type, getattr(envelope.data, "department", None),
+                       envelope.id, envelope.model_dump_json(), envelope.occurred_at)
+    return []
+
+
+@dataclass(frozen=True)
+class Item:
+    cursor: Cursor
+    tenant_id: str
+    topic: str
+    department: str | None
+    body: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.cursor[0]}.{self.cursor[1]}"
+
+
+def _item(row: asyncpg.Record) -> Item:
+    return Item((row["xid"], row["seq"]), row["tenant_id"], row["topic"], row["department"], row["body"])
+
+
+class Filter(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    topics: list[str] = Field(default_factory=lambda: list(TOPICS))
+    department: str | None = None
+    last_event_id: str | None = None
+
+    @field_validator("topics", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return [t for t in value.split(",") if t] if isinstance(value, str) else value
+
+    @field_validator("topics")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(TOPICS))
+        if unknown:
+            raise ValueError(f"unknown topics {unknown}; known: {list(TOPICS)}")
+        return value
+
+    @field_validator("last_event_id")
+    @classmethod
+    def _cursor(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_id(value)
+        return value
+
+    def wants(self, item: Item) -> bool:
+        return item.topic in self.topics and (self.department is None or item.department == self.department)
+
+
+def parse_id(value: str) -> Cursor:
+    try:
+        xid, seq = value.split(".")
+        return int(xid), int(seq)
+    except ValueError:
+        raise ValueError("not an event id this stream gave out") from None
+
+
+@dataclass(eq=False)
+class Client:
+    tenant_id: str
+    filter: Filter
+    queue: asyncio.Queue[Item] = field(default_factory=lambda: asyncio.Queue(CLIENT_BUFFER))
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def offer(self, item: Item) -> bool:
+        try:
+            self.queue.put_nowait(item)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+    async def next(self, timeout: float) -> Item | None:
+        """The next item; None once the hub let this client go and what it had is sent; TimeoutError if quiet."""
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        if self.closed.is_set():
+            return None
+        getter = asyncio.ensure_future(self.queue.get())
+        closer = asyncio.ensure_future(self.closed.wait())
+        done, pending = await asyncio.wait({getter, closer}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if getter in done:
+            return getter.result()
+        if closer in done:
+            return None
+        raise TimeoutError
+
+
+class StreamHub:
+    """One per gateway replica: reads what is new in stream_events and offers it to matching clients."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str, schema: str, registry: CollectorRegistry, *,
+                 poll_interval_s: float = 1.0, connect_timeout_s: float = 10.0):
+        self._pool, self._dsn, self._schema = pool, dsn, schema
+        self._poll_interval_s, self._connect_timeout_s = poll_interval_s, connect_timeout_s
+        self._clients: set[Client] = set()
+        self._cursor: Cursor = (0, 0)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closer: asyncio.Task | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._connected = Gauge("wabus_stream_clients", "Browsers connected to this gateway's WebSocket/SSE.",
+                                ["service"], registry=registry)
+
+    async def start(self, stopping: asyncio.Event) -> None:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(_HORIZON)
+        self._cursor = (row[0], row[1]) if row else (0, 0)
+        self._task = asyncio.create_task(self._run(), name="stream-hub")
+        self._closer = asyncio.create_task(self._close_clients_on(stopping), name="stream-hub-closer")
+
+    async def _close_clients_on(self, stopping: asyncio.Event) -> None:
+        # The HTTP server waits for open streams before it stops: end them as soon as stopping begins.
+        await stopping.wait()
+        for client in list(self._clients):
+            self._disconnect(client)
+
+    async def stop(self) -> None:
+        for task in (self._task, self._closer):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for client in list(self._clients):
+            self._disconnect(client)
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._listener.close(), timeout=2)
+
+    def join(self, client: Client) -> Cursor:
+        """Register a client; it gets every item after the returned cursor from the hub."""
+        self._clients.add(client)
+        self._connected.labels("gateway").set(len(self._clients))
+        return self._cursor
+
+    def leave(self, client: Client) -> None:
+        self._clients.discard(client)
+        self._connected.labels("gateway").set(len(self._clients))
+
+    async def replay(self, client: Client, after: Cursor, until: Cursor) -> list[Item]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(_REPLAY, client.tenant_id, str(after[0]), after[1], str(until[0]), until[1],
+                                    client.filter.topics, client.filter.department)
+        return [_item(r) for r in rows]
+
+    def _disconnect(self, client: Client) -> None:
+        """The client finishes what is queued, then meets the end marker."""
+        self.leave(client)
+        client.closed.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._listen()
+                await self._dispatch_new()
+            except (*db.CONNECTION_ERRORS, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                log.warning("stream hub paused: database unavailable", extra={"error": str(exc)})
+                self._listener = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
+            self._wake.clear()
+
+    async def _listen(self) -> None:
+        if self._listener is None or self._listener.is_closed():
+            self._listener = await db.connect(self._dsn, self._schema, timeout=self._connect_timeout_s)
+            await self._listener.add_listener(f"{self._schema}.stream", lambda *_: self._wake.set())
+
+    async def _dispatch_new(self) -> None:
+        while True:
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(_NEWER, str(self._cursor[0]), self._cursor[1], 1000)
+            for row in rows:
+                item = _item(row)
+                self._cursor = item.cursor
+                for client in list(self._clients):
+                    if client.tenant_id == item.tenant_id and client.filter.wants(item) and not client.offer(item):
+                        # Too far behind: cut it loose; it reconnects with its last id and catches up.
+                        self._disconnect(client)
+            if len(rows) < 1000:
+                return
+
+
+HUB = web.AppKey("stream_hub", StreamHub)
+
+
+async def _open(request: web.Request) -> tuple[Principal, Client, list[Item]]:
+    principal = await request.app[API_KEYS].authenticate(request, Role.VIEWER)
+    query = dict(request.query)
+    last = request.headers.get("Last-Event-ID") or query.get("last_event_id")
+    flt = Filter.model_validate({**query, "last_event_id": last})
+    hub = request.app[HUB]
+    client = Client(principal.tenant_id, flt)
+    until = hub.join(client)
+    missed = await hub.replay(client, parse_id(flt.last_event_id), until) if flt.last_event_id else []
+    return principal, client, missed
+
+
+async def sse(request: web.Request) -> web.StreamResponse:
+    _, client, missed = await _open(request)
+    hub = request.app[HUB]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    try:
+        await response.prepare(request)
+        for item in missed:
+            await response.write(_sse_frame(item))
+        while True:
+            try:
+                item = await client.next(HEARTBEAT_S)
+            except TimeoutError:
+                await response.write(b": heartbeat\n\n")
+                continue
+            if item is None:
+                break
+            await response.write(_sse_frame(item))
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        hub.leave(client)
+    return response
+
+
+def _sse_frame(item: Item) -> bytes:
+    return f"id: {item.id}\nevent: {item.topic}\ndata: {item.body}\n\n".encode()
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    _, client, missed = await _open(request)
+    hub = request.app[HUB]
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S)
+    await ws.prepare(request)
+    try:
+        for item in missed:
+            await ws.send_str(_ws_frame(item))
+        reader = asyncio.create_task(_drain_incoming(ws))
+        while not ws.closed and not reader.done():
+            try:
+                item = await client.next(1.0)
+            except TimeoutError:
+                continue  # and look whether the client is still there
+            if item is None:
+                await ws.close(code=4000, message=b"fell behind or server stopping; reconnect with the last id")
+                break
+            await ws.send_str(_ws_frame(item))
+        reader.cancel()
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        hub.leave(client)
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _drain_incoming(ws: web.WebSocketResponse) -> None:
+    # The stream is one-way; reading keeps pings answered and notices the client leaving.
+    async for message in ws:
+        if message.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+            return
+
+
+def _ws_frame(item: Item) -> str:
+    return json.dumps({"id": item.id, "topic": item.topic, "event": json.loads(item.body)})
+
+
+routes = [web.get("/v1/stream", sse), web.get("/v1/ws", websocket)]

@@ -1,0 +1,82 @@
+"""Browsers follow their tenant's events over SSE and WebSocket, and catch up after reconnecting."""
+
+import asyncio
+import json
+
+import aiohttp
+
+from tests.support import Listener
+
+from .conftest import running
+from .test_processing import _key, text
+
+
+async def _sse_events(response: aiohttp.ClientResponse, count: int, timeout: float = 20) -> list[dict]:
+    """Read `count` events off an SSE stream: {id, event, data}."""
+    events, current = [], {}
+
+    async def read():
+        async for raw in response.content:
+            line = raw.decode().rstrip("\n")
+            if not line:
+                if "data" in current:
+                    events.append(dict(current))
+                    if len(events) == count:
+                        return
+                current.clear()
+            elif not line.startswith(":"):
+                field, _, value = line.partition(": ")
+                current[field] = value
+
+    await asyncio.wait_for(read(), timeout)
+    return events
+
+
+async def test_sse_and_websocket_stream_a_tenants_own_events_and_catch_up_after_reconnect(isolated, tenants):
+    waha_key = await _key(isolated, "clinic-waha", "viewer")
+    meta_key = await _key(isolated, "clinic-meta", "viewer")
+    async with running(isolated.settings()) as inbound, \
+            Listener(isolated.amqp_url, "wabus.processor", ["message.processed"]) as processed:
+        url = inbound.gateway_url
+        async with inbound.http.get(f"{url}/v1/stream") as r:
+            assert r.status == 401
+        async with inbound.http.get(f"{url}/v1/stream", params={"topics": "message.processed,gossip"},
+                                    headers={"Authorization": f"Bearer {waha_key}"}) as r:
+            assert r.status == 422 and (await r.json())["field"] == "topics"
+
+        sse = await inbound.http.get(f"{url}/v1/stream", params={"topics": "message.processed"},
+                                     headers={"Authorization": f"Bearer {waha_key}"})
+        other = await inbound.http.get(f"{url}/v1/stream", headers={"Authorization": f"Bearer {meta_key}"})
+        ws = await inbound.http.ws_connect(f"{url}/v1/ws", params={"api_key": waha_key})
+        await asyncio.sleep(0.2)  # both are registered with the hub
+
+        await inbound.post("waha", text("212600000321", 1, "first"))
+        (first,) = await _sse_events(sse, 1)
+        assert first["event"] == "message.processed"
+        assert json.loads(first["data"])["data"]["message"]["text"] == "first"
+        frame = json.loads((await ws.receive(timeout=20)).data)
+        assert frame["id"] == first["id"] and frame["event"]["tenant_id"] == "clinic-waha"
+        sse.close()
+        await ws.close()
+
+        # While this browser is away, three more messages come in.
+        for n in range(2, 5):
+            await inbound.post("waha", text("212600000321", n, f"message {n}"))
+        await processed.wait_for(4)
+        await inbound.post("meta", _meta_message())
+        (meta_event,) = await _sse_events(other, 1)
+        assert json.loads(meta_event["data"])["tenant_id"] == "clinic-meta"  # never the WAHA tenant's
+        other.close()
+
+        again = await inbound.http.get(f"{url}/v1/stream", params={"topics": "message.processed"},
+                                       headers={"Authorization": f"Bearer {waha_key}", "Last-Event-ID": first["id"]})
+        missed = await _sse_events(again, 3)
+        assert [json.loads(e["data"])["data"]["message"]["text"] for e in missed] == [
+            "message 2", "message 3", "message 4"]
+        again.close()
+
+
+def _meta_message() -> bytes:
+    from tests.samples import sample_bytes
+
+    return sample_bytes("meta/messages.text.json")
