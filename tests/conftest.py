@@ -77,6 +77,8 @@ async def isolated(broker: Broker, postgres: Postgres):
     database = await postgres.new_database()
     yield Isolated(broker, postgres, vhost, database)
     await postgres.drop(database)
+    # Now, not at the end of the run: a broker holding every test's quorum queues slows to a crawl.
+    await broker.drop_vhost(vhost)
 
 
 def pytest_report_header(config):

@@ -101,6 +101,10 @@ class Broker:
         self.vhosts.append(name)
         return name
 
+    async def drop_vhost(self, vhost: str) -> None:
+        await self.rabbitmqctl("delete_vhost", vhost)
+        self.vhosts.remove(vhost)
+
     def url_for(self, vhost: str) -> str:
         parts = urlsplit(self.url)
         return urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))

@@ -23,7 +23,7 @@ from .errors import DatabaseUnavailable, InvalidEvent, PermanentFailure, Publish
 from .logs import log_context
 from .metrics import Metrics
 from .publisher import Publisher, build_message
-from .topology import Subscription, requeue_target, retry_queue
+from .topology import Subscription, retry_exchange
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class EventConsumer:
 
     service: str
     subscription: Subscription
+    queue: str  # the queue consumed: the subscription's, or one of its shards
     pool: asyncpg.Pool
     publisher: Publisher
     make_uow: Callable[[asyncpg.Connection], Any]
@@ -169,7 +170,8 @@ class EventConsumer:
             expiration_s=delay,
         )
         try:
-            await self.publisher.send("", retry_queue(sub.queue, attempt), retry)
+            # Routed by the queue it came from: on expiry it goes straight back there (topology.py).
+            await self.publisher.send(retry_exchange(self.service, attempt), self.queue, retry)
         except PublishFailed as publish_exc:
             log.warning("retry not scheduled; delivery left for redelivery", extra={"error": str(publish_exc)})
             return False
@@ -189,7 +191,7 @@ class EventConsumer:
             failed_id = await self._until_database(lambda: store_failed(
                 self.pool, subscription=sub.queue, message=message, envelope=envelope, reason=reason,
                 attempts=attempt, history=history if history is not None else history_of(message),
-                requeue=requeue_target(sub),
+                requeue=("", self.queue),
             ))
         except _Stopping:
             return False

@@ -75,7 +75,7 @@ async def _retrying(what: str, connect: Callable[[], Any], stopping: asyncio.Eve
         except (*db.CONNECTION_ERRORS, OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
             if stopping.is_set():
                 raise
-            log.warning("waiting for %s", what, extra={"error": str(exc) or type(exc).__name__})
+            log.warning("waiting for %s: %s", what, str(exc) or type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
@@ -137,15 +137,15 @@ async def _consumers(app: web.Application) -> AsyncIterator[None]:
     s, spec, metrics, stopping = app[SETTINGS], app[SPEC], app[METRICS], app[STOPPING]
     workers = []
     for sub in spec.subscriptions:
-        consumer = EventConsumer(
-            service=spec.name, subscription=sub, pool=app[POOL], publisher=app[PUBLISHER],
-            make_uow=spec.unit_of_work, metrics=metrics, unavailable_backoff_s=s.unavailable_backoff_s,
-            stopping=stopping,
-        )
         # A shard is taken one delivery at a time: that is what keeps its order.
         prefetch = 1 if sub.shards else sub.prefetch
-        workers += [QueueWorker(queue, prefetch, consumer.process, stop_timeout_s=s.shutdown_timeout_s)
-                    for queue in topology.consumed_queues(sub)]
+        for queue in topology.consumed_queues(sub):
+            consumer = EventConsumer(
+                service=spec.name, subscription=sub, queue=queue, pool=app[POOL], publisher=app[PUBLISHER],
+                make_uow=spec.unit_of_work, metrics=metrics, unavailable_backoff_s=s.unavailable_backoff_s,
+                stopping=stopping,
+            )
+            workers.append(QueueWorker(queue, prefetch, consumer.process, stop_timeout_s=s.shutdown_timeout_s))
     collector = DeadLetterCollector(service=spec.name, pool=app[POOL], metrics=metrics,
                                     unavailable_backoff_s=s.unavailable_backoff_s, stopping=stopping)
     workers.append(QueueWorker(topology.dead_queue(spec.name), 8, collector.process,

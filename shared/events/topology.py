@@ -3,9 +3,13 @@
 Per service `S` with a subscription queue `S.purpose`:
 
     wabus.<publisher> (topic) --keys--> S.purpose (quorum, delivery-limit, DLX wabus.S.dead)
-    S.purpose.retry.<n> (quorum): a failed delivery waits here for its backoff, then dead-letters
-                                  through the default exchange straight back into S.purpose
+    wabus.S.retry.<n> (fanout) --> S.retry.<n> (quorum): a delivery that failed its n-th attempt waits
+        here for its backoff; it was published with the queue it came from as routing key, so when it
+        expires it dead-letters through the default exchange straight back into that queue
     wabus.S.dead (fanout) --> S.dead (quorum): what the broker itself gave up on (delivery limit)
+
+Retry queues are per service and attempt, not per subscription: one per level keeps similar TTLs
+together (RabbitMQ expires only at a queue's head), and the broker carries few queues.
 
 Delivery-limit and dead-lettering are set explicitly, so 3.10 and the 3.13/4.x defaults agree.
 """
@@ -49,8 +53,12 @@ class Subscription:
     extra_arguments: dict[str, Any] = field(default_factory=dict)
 
 
-def retry_queue(queue: str, attempt: int) -> str:
-    return f"{queue}.retry.{attempt}"
+def retry_exchange(service: str, attempt: int) -> str:
+    return f"wabus.{service}.retry.{attempt}"
+
+
+def retry_queue(service: str, attempt: int) -> str:
+    return f"{service}.retry.{attempt}"
 
 
 def shard_queue(queue: str, shard: int) -> str:
@@ -63,12 +71,6 @@ def shards_exchange(queue: str) -> str:
 
 def consumed_queues(sub: Subscription) -> list[str]:
     return [shard_queue(sub.queue, k) for k in range(sub.shards)] if sub.shards else [sub.queue]
-
-
-def requeue_target(sub: Subscription) -> tuple[str, str]:
-    """(exchange, routing key) that puts a delivery back into this subscription."""
-    # A sharded delivery keeps its shard header, so the headers exchange routes it home.
-    return (shards_exchange(sub.queue), "") if sub.shards else ("", sub.queue)
 
 
 def dead_exchange(service: str) -> str:
@@ -97,12 +99,9 @@ def queue_arguments(service: str, sub: Subscription) -> dict[str, Any]:
     return args
 
 
-def retry_queue_arguments(sub: Subscription) -> dict[str, Any]:
-    exchange, routing_key = requeue_target(sub)
-    args = {**_QUORUM, "x-dead-letter-exchange": exchange, **_SAFE_DEAD_LETTERING}
-    if routing_key:
-        args["x-dead-letter-routing-key"] = routing_key
-    return args
+def retry_queue_arguments() -> dict[str, Any]:
+    # No dead-letter routing key: an expired delivery keeps the one it was published with, its queue.
+    return {**_QUORUM, "x-dead-letter-exchange": "", **_SAFE_DEAD_LETTERING}
 
 
 async def declare(channel: AbstractChannel, service: str, subscriptions: Sequence[Subscription]) -> None:
@@ -123,9 +122,12 @@ async def declare(channel: AbstractChannel, service: str, subscriptions: Sequenc
             queue = await channel.declare_queue(sub.queue, durable=True, arguments=queue_arguments(service, sub))
             for key in sub.keys:
                 await queue.bind(source, routing_key=key)
-        for attempt in range(1, sub.max_attempts):
-            await channel.declare_queue(retry_queue(sub.queue, attempt), durable=True,
-                                        arguments=retry_queue_arguments(sub))
+    for attempt in range(1, max((sub.max_attempts for sub in subscriptions), default=1)):
+        exchange = await channel.declare_exchange(retry_exchange(service, attempt), aio_pika.ExchangeType.FANOUT,
+                                                  durable=True)
+        queue = await channel.declare_queue(retry_queue(service, attempt), durable=True,
+                                            arguments=retry_queue_arguments())
+        await queue.bind(exchange)
 
 
 async def _declare_shards(channel: AbstractChannel, service: str, sub: Subscription, source) -> None:

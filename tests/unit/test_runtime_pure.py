@@ -60,12 +60,5 @@ def test_queues_set_delivery_limit_and_dead_lettering_explicitly():
     assert args["x-delivery-limit"] > 0
     assert args["x-dead-letter-exchange"] == "wabus.notifier.dead"
     assert args["x-dead-letter-strategy"] == "at-least-once" and args["x-overflow"] == "reject-publish"
-    retry = retry_queue_arguments(sub)
-    assert retry["x-dead-letter-exchange"] == "" and retry["x-dead-letter-routing-key"] == "notifier.turns"
-
-
-def test_sharded_retries_go_home_through_the_shards_exchange():
-    sub = Subscription("processor.messages", "wabus.gateway", ["whatsapp.message.received"], _noop, shards=4)
-    retry = retry_queue_arguments(sub)
-    assert retry["x-dead-letter-exchange"] == "wabus.processor.messages.shards"
-    assert "x-dead-letter-routing-key" not in retry
+    retry = retry_queue_arguments()
+    assert retry["x-dead-letter-exchange"] == "" and "x-dead-letter-routing-key" not in retry

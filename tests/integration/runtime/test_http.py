@@ -86,7 +86,7 @@ async def test_topology_declaration_is_idempotent(isolated):
             await topology.declare(channel, "processor", spec.subscriptions)
             await channel.close()
         channel = await connection.channel()
-        for name in ("processor.turns", "processor.turns.retry.1", "processor.turns.retry.4", "processor.dead"):
+        for name in ("processor.turns", "processor.retry.1", "processor.retry.4", "processor.dead"):
             await channel.get_queue(name, ensure=True)
     finally:
         await connection.close()
