@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
-from datetime import UTC, datetime
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.events.catalog import AckStatus, Provider, SessionStatus
 from shared.events.envelope import Event
 
 M = TypeVar("M", bound=BaseModel)
+
+# Providers add fields release by release: read what wabus needs, keep the rest, reject nothing extra.
+LOOSE = ConfigDict(extra="allow", populate_by_name=True)
 
 
 @dataclass(frozen=True)

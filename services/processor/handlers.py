@@ -7,7 +7,11 @@ from collections.abc import Callable
 from datetime import datetime
 
 from shared.events.catalog import (
-    Direction, Intent, MessageKind, MessageProcessed, WhatsAppMessageReceived,
+    Direction,
+    Intent,
+    MessageKind,
+    MessageProcessed,
+    WhatsAppMessageReceived,
 )
 from shared.events.envelope import Envelope, Event
 from shared.phones import parse_jid, phone_of

@@ -7,11 +7,14 @@ import contextvars
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 
 _CONTEXT_FIELDS = ("service", "correlation_id", "causation_id", "event_id", "tenant_id")
-_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("wabus_log_context", default={})
+_context: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "wabus_log_context", default=MappingProxyType({})
+)
 
 # Attributes every LogRecord has; anything else came in through `extra=`.
 _RECORD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}

@@ -47,7 +47,7 @@ async def test_up_starts_four_ready_services_with_runtime_metrics_and_stops_them
     try:
         async with aiohttp.ClientSession() as http:
             for name, port in ports.items():
-                await eventually(lambda: _is(_status(http, f"http://127.0.0.1:{port}/readyz"), 200),
+                await eventually(lambda port=port: _is(_status(http, f"http://127.0.0.1:{port}/readyz"), 200),
                                  timeout=60, what=f"{name} ready")
                 async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
                     text = await response.text()
@@ -65,7 +65,7 @@ async def test_up_starts_four_ready_services_with_runtime_metrics_and_stops_them
         log.close()
     output = (tmp_path / "up.log").read_text()
     assert code == 0, output
-    for name, port in ports.items():
+    for port in ports.values():
         assert f"http://127.0.0.1:{port}" in output
     assert output.count('"msg": "service stopped"') == 4
     assert "wabus stopped." in output
@@ -77,7 +77,8 @@ async def test_up_stops_everything_when_one_service_dies(isolated, tmp_path, pro
     try:
         async with aiohttp.ClientSession() as http:
             for port in ports.values():
-                await eventually(lambda: _is(_status(http, f"http://127.0.0.1:{port}/readyz"), 200), timeout=60)
+                await eventually(lambda port=port: _is(_status(http, f"http://127.0.0.1:{port}/readyz"), 200),
+                                 timeout=60)
         victim = _pid_listening_on(ports["processor"])
         os.kill(victim, signal.SIGKILL)
         code = await asyncio.wait_for(proc.wait(), timeout=60)

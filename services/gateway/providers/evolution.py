@@ -5,26 +5,42 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from shared.events.catalog import (
-    Direction, Location, Media, MessageKind, Provider, SessionStatus, WhatsAppMessage,
-    WhatsAppMessageAck, WhatsAppMessageReceived, WhatsAppSessionStatusChanged,
+    Direction,
+    Location,
+    Media,
+    MessageKind,
+    Provider,
+    SessionStatus,
+    WhatsAppMessage,
+    WhatsAppMessageAck,
+    WhatsAppMessageReceived,
+    WhatsAppSessionStatusChanged,
 )
 from shared.phones import parse_jid, phone_of
 
 from ..domain import (
-    ACK_BY_NAME, BAILEYS_STATUS_NAMES, SESSION_BY_NAME, Accepted, Ignored, ParsedWebhook, Tenant, digest, from_unix, validated,
+    ACK_BY_NAME,
+    BAILEYS_STATUS_NAMES,
+    LOOSE,
+    SESSION_BY_NAME,
+    Accepted,
+    Ignored,
+    ParsedWebhook,
+    Tenant,
+    digest,
+    from_unix,
+    validated,
 )
-
-_LOOSE = ConfigDict(extra="allow")
 
 # Baileys DisconnectReason: logged out means the device must be paired again.
 _LOGGED_OUT = 401
 
 
 class Envelope(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     event: str = Field(min_length=1)
     instance: str = Field(min_length=1)
     data: Any = None
@@ -32,7 +48,7 @@ class Envelope(BaseModel):
 
 
 class Key(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     remoteJid: str = Field(min_length=1)
     fromMe: bool = False
     id: str = Field(min_length=1)
@@ -42,7 +58,7 @@ class Key(BaseModel):
 
 
 class Upsert(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     key: Key
     pushName: str | None = None
     message: dict[str, Any] | None = None
@@ -55,7 +71,7 @@ class Upsert(BaseModel):
 class Update(BaseModel):
     """Evolution's own `messages.update` data."""
 
-    model_config = _LOOSE
+    model_config = LOOSE
     keyId: str = Field(min_length=1)
     remoteJid: str | None = None
     fromMe: bool = False
@@ -66,13 +82,13 @@ class Update(BaseModel):
 class BaileysUpdate(BaseModel):
     """The raw Baileys `messages.update` element `{key, update}` that some bridges forward."""
 
-    model_config = _LOOSE
+    model_config = LOOSE
     key: Key
     update: dict[str, Any]
 
 
 class Connection(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     state: str = Field(min_length=1)
     statusReason: int | None = None
 

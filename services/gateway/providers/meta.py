@@ -5,26 +5,31 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from shared.events.catalog import (
-    Direction, Location, Media, MessageKind, Provider, WhatsAppMessage, WhatsAppMessageAck, WhatsAppMessageReceived,
+    Direction,
+    Location,
+    Media,
+    MessageKind,
+    Provider,
+    WhatsAppMessage,
+    WhatsAppMessageAck,
+    WhatsAppMessageReceived,
 )
 from shared.phones import parse_jid, phone_of
 
-from ..domain import ACK_BY_NAME, Accepted, Ignored, ParsedWebhook, Tenant, from_unix, validated
-
-_LOOSE = ConfigDict(extra="allow", populate_by_name=True)
+from ..domain import ACK_BY_NAME, LOOSE, Accepted, Ignored, ParsedWebhook, Tenant, from_unix, validated
 
 
 class Contact(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     wa_id: str | None = None
     profile: dict[str, Any] | None = None
 
 
 class Message(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     sender: str = Field(alias="from", min_length=1)
     id: str = Field(min_length=1)
     timestamp: str | int
@@ -36,7 +41,7 @@ class Message(BaseModel):
 
 
 class Status(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     id: str = Field(min_length=1)
     status: str = Field(min_length=1)
     timestamp: str | int
@@ -44,7 +49,7 @@ class Status(BaseModel):
 
 
 class Value(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     metadata: dict[str, Any] | None = None
     contacts: list[Contact] = []
     messages: list[Message] = []
@@ -53,19 +58,19 @@ class Value(BaseModel):
 
 
 class Change(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     field: str
     value: Value
 
 
 class Entry(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     id: str
     changes: list[Change]
 
 
 class Notification(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     object: str = Field(min_length=1)
     entry: list[Entry]
 

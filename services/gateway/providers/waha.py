@@ -5,23 +5,39 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from shared.events.catalog import (
-    Direction, Location, Media, MessageKind, Provider, SessionStatus, WhatsAppMessage, WhatsAppMessageAck,
-    WhatsAppMessageReceived, WhatsAppSessionStatusChanged,
+    Direction,
+    Location,
+    Media,
+    MessageKind,
+    Provider,
+    SessionStatus,
+    WhatsAppMessage,
+    WhatsAppMessageAck,
+    WhatsAppMessageReceived,
+    WhatsAppSessionStatusChanged,
 )
 from shared.phones import Jid, parse_jid, phone_of
 
 from ..domain import (
-    ACK_BY_NAME, SESSION_BY_NAME, WAHA_ACK_NAMES, Accepted, Ignored, ParsedWebhook, Tenant, digest, from_unix, validated,
+    ACK_BY_NAME,
+    LOOSE,
+    SESSION_BY_NAME,
+    WAHA_ACK_NAMES,
+    Accepted,
+    Ignored,
+    ParsedWebhook,
+    Tenant,
+    digest,
+    from_unix,
+    validated,
 )
-
-_LOOSE = ConfigDict(extra="allow", populate_by_name=True)
 
 
 class Envelope(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     event: str = Field(min_length=1)
     session: str = Field(min_length=1)
     id: str | None = None
@@ -31,14 +47,14 @@ class Envelope(BaseModel):
 
 
 class WahaMedia(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     url: str | None = None
     mimetype: str | None = None
     filename: str | None = None
 
 
 class WahaLocation(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     latitude: float
     longitude: float
     name: str | None = None
@@ -46,12 +62,12 @@ class WahaLocation(BaseModel):
 
 
 class WahaReply(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     id: str | None = None
 
 
 class WahaMessage(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     id: str = Field(min_length=1)
     timestamp: float | None = None
     sender: str = Field(alias="from", min_length=1)
@@ -69,7 +85,7 @@ class WahaMessage(BaseModel):
 
 
 class WahaReaction(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     text: str
     messageId: str = Field(min_length=1)
 
@@ -79,7 +95,7 @@ class WahaReactionPayload(WahaMessage):
 
 
 class WahaEdited(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     id: str = Field(min_length=1)
     editedMessageId: str = Field(min_length=1)
     body: str | None = None
@@ -88,19 +104,19 @@ class WahaEdited(BaseModel):
 
 
 class WahaAction(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     id: str = Field(min_length=1)
     timestamp: float | None = None
 
 
 class WahaRevoked(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     after: WahaAction
     revokedMessageId: str = Field(min_length=1)
 
 
 class WahaAck(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     id: str = Field(min_length=1)
     sender: str | None = Field(default=None, alias="from")
     participant: str | None = None
@@ -109,7 +125,7 @@ class WahaAck(BaseModel):
 
 
 class WahaSessionStatus(BaseModel):
-    model_config = _LOOSE
+    model_config = LOOSE
     status: str = Field(min_length=1)
     statuses: list[dict[str, Any]] = []
 

@@ -11,7 +11,7 @@ from services.processor.settings import ProcessorSettings
 from shared.events.catalog import decode
 from shared.events.runtime import serve
 from tests.samples import sample_bytes
-from tests.support import Listener, eventually
+from tests.support import Listener
 
 from .conftest import rows, running
 

@@ -13,10 +13,10 @@ from pydantic import BaseModel, Field
 from shared.events import topology
 from shared.events.catalog import MessageProcessed, Provider, WhatsAppMessage
 from shared.events.envelope import SHARD_HEADER, Envelope
-from shared.events.topology import Subscription
 from shared.events.http import NotFound
 from shared.events.migrate import ensure_database
 from shared.events.runtime import ServiceSpec, serve
+from shared.events.topology import Subscription
 
 from .conftest import consumer_spec
 
