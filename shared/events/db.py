@@ -25,11 +25,16 @@ def server_settings(schema: str) -> dict[str, str]:
     return {"search_path": schema, "application_name": f"wabus-{schema}"}
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pooled connections hold no session state (no LISTEN, locks or SETs: those get connections of
+    their own), so the reset query asyncpg runs on every release would be a round trip for nothing."""
+
+
 async def create_pool(dsn: str, schema: str, *, min_size: int, max_size: int,
                       command_timeout: float, connect_timeout: float) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, command_timeout=command_timeout,
-        timeout=connect_timeout, server_settings=server_settings(schema),
+        timeout=connect_timeout, server_settings=server_settings(schema), reset=_keep_session,
     )
 
 
