@@ -23,6 +23,7 @@ from .baseline.tasks import CREATE_TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANT = "bench"
+SETTLE_S = 90.0
 
 
 def _range(prefix: str) -> tuple[str, str]:
@@ -41,6 +42,22 @@ async def _wait_for_rows(conn: asyncpg.Connection, prefix: str, target: int, tim
         if await _count(conn, prefix) >= target:
             break
         await asyncio.sleep(0.25)
+    return time.monotonic() - started
+
+
+async def _drain(conn: asyncpg.Connection, prefix: str, accepted: list[str], timeout_s: float) -> float:
+    """Until every accepted message has its row, or timeout; returns the time waited.
+
+    The row count is cheap but not enough (a request that timed out here may still have been
+    enqueued), so once it is high enough the accepted ids themselves are checked.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if await _count(conn, prefix) >= len(accepted):
+            found = await conn.fetchval("SELECT count(*) FROM messages WHERE id = ANY($1::text[])", accepted)
+            if found >= len(accepted):
+                break
+        await asyncio.sleep(0.5)
     return time.monotonic() - started
 
 
@@ -72,6 +89,7 @@ async def run(settings: phases.Settings, tag: str, results_dir: Path, port: int,
     web: infra.Process | None = None
     worker: infra.Process | None = None
     conn: asyncpg.Connection | None = None
+    poll_conn: asyncpg.Connection | None = None
     poller: asyncio.Task | None = None
     try:
         infra.add_vhost(vhost)  # inside the try: a half-made vhost is deleted too
@@ -116,18 +134,22 @@ async def run(settings: phases.Settings, tag: str, results_dir: Path, port: int,
 
         print(f"baseline: fixed rate, {settings.rate:g}/s for {settings.duration_s:g} s", flush=True)
         polled: list[tuple[float, int]] = []
-        poller = asyncio.create_task(_poll_rows(conn, fixed_batch.prefix, polled))
+        # its own connection: an asyncpg connection runs one query at a time
+        poll_conn = await asyncpg.connect(infra.database_url(database), timeout=10)
+        poller = asyncio.create_task(_poll_rows(poll_conn, fixed_batch.prefix, polled))
         fixed = await phases.fixed_rate(url, fixed_batch, settings, groups)
         acks = phases.ack_report(fixed, window_s=settings.duration_s)
         print(f"baseline: draining (up to {settings.drain_s:g} s)", flush=True)
         drain_cpu_before = cpu.snapshot(groups)
-        waited = await _wait_for_rows(conn, fixed_batch.prefix, acks["accepted"], settings.drain_s)
+        waited = await _drain(conn, fixed_batch.prefix, phases.accepted_ids(fixed, fixed_batch), settings.drain_s)
         # a drain of under a second is too short a sample to say anything
         drain_cpu = cpu.usage(drain_cpu_before, cpu.snapshot(groups)) if waited >= 1 else None
         poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await poller
         poller = None
+        await poll_conn.close()
+        poll_conn = None
 
         low, high = _range(fixed_batch.prefix)
         rows = await conn.fetch("SELECT id, extract(epoch FROM created_at)::float8 AS at FROM messages "
@@ -143,23 +165,31 @@ async def run(settings: phases.Settings, tag: str, results_dir: Path, port: int,
                            "polled_rows": [{"t_s": round(t - fixed.start, 2), "rows": n} for t, n in polled]}
         del fixed_batch, fixed, arrived
 
+        # both systems start the max-rate phase idle: no backlog left from the fixed-rate phase
+        print(f"baseline: settling (up to {SETTLE_S:g} s)", flush=True)
+        settled = await cpu.settle(SETTLE_S)
         print(f"baseline: max rate, {settings.concurrency} senders for {settings.max_duration_s:g} s", flush=True)
         maximum = await phases.max_rate(url, max_batch, settings, groups)
-        report["max"] = {**phases.ack_report(maximum), "batch_exhausted": maximum.record.used >= len(max_batch)}
+        report["max"] = {**phases.ack_report(maximum), "settled_before": settled,
+                         "batch_exhausted": maximum.record.used >= len(max_batch)}
         report["max"]["rows_when_sending_ended"] = await _count(conn, max_batch.prefix)
     finally:
+        # every step on its own: one failing must not leave the others undone
         if poller is not None:
             poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await poller
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
+        for connection in (conn, poll_conn):
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.close()
         print("baseline: stopping gunicorn and celery (SIGTERM)", flush=True)
         if web is not None:
-            report["web_exit_code"] = await asyncio.to_thread(web.stop, signal.SIGTERM, 30)
+            with contextlib.suppress(Exception):
+                report["web_exit_code"] = await asyncio.to_thread(web.stop, signal.SIGTERM, 30)
         if worker is not None:
-            report["worker_exit_code"] = await asyncio.to_thread(worker.stop, signal.SIGTERM, 60)
+            with contextlib.suppress(Exception):
+                report["worker_exit_code"] = await asyncio.to_thread(worker.stop, signal.SIGTERM, 60)
         with contextlib.suppress(Exception):
             await infra.drop_database(database)
         infra.delete_vhost(vhost)

@@ -17,20 +17,24 @@ TICKS = os.sysconf("SC_CLK_TCK")
 Groups = dict[str, Callable[[], list[int]]]
 
 
-def _ticks(pid: int) -> int | None:
+def _ticks(pid: int) -> tuple[int, int] | None:
+    """(utime, stime) of a process, in clock ticks."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return int(fields[11]) + int(fields[12])  # utime + stime
+    return int(fields[11]), int(fields[12])
 
 
-def _machine() -> tuple[int, int]:
+def _machine() -> tuple[int, int, int]:
+    """(busy, total, interrupts + steal) in clock ticks, all cores together."""
     with open("/proc/stat") as f:
         values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
+    # user nice system idle iowait irq softirq steal guest guest_nice; guest time is already in user
+    total = sum(values[:8])
+    idle = values[3] + values[4]
+    return total - idle, total, values[5] + values[6] + values[7]
 
 
 def _comm(pid: int) -> str:
@@ -51,8 +55,8 @@ def pids_named(*prefixes: str) -> Callable[[], list[int]]:
 @dataclass
 class Snapshot:
     at: float
-    machine: tuple[int, int]
-    per_pid: dict[str, dict[int, int]]
+    machine: tuple[int, int, int]
+    per_pid: dict[str, dict[int, tuple[int, int]]]
 
 
 def snapshot(groups: Groups) -> Snapshot:
@@ -74,22 +78,46 @@ def usage(before: Snapshot, after: Snapshot) -> dict[str, float]:
     for name, ticks in after.per_pid.items():
         start = before.per_pid.get(name, {})
         # a pid first seen in `after` started during the phase: all its time counts
-        used = sum(t - start.get(pid, 0) for pid, t in ticks.items())
+        used = sum(sum(t) - sum(start.get(pid, (0, 0))) for pid, t in ticks.items())
         result[name] = round(used / TICKS / elapsed * 100, 1)
     busy = after.machine[0] - before.machine[0]
     total = after.machine[1] - before.machine[1]
-    # whatever is not in a group: other tests, the kernel's own threads, short-lived commands
+    kernel = after.machine[2] - before.machine[2]
+    # interrupts and softirqs (loopback networking runs there) and steal are charged to no process
+    result["interrupts + steal"] = round(kernel / TICKS / elapsed * 100, 1)
+    # whatever else is busy: other processes on the machine, kernel threads, short-lived commands
     result["everything else"] = round(max(0.0, busy / TICKS / elapsed * 100 - sum(result.values())), 1)
     result["machine_busy_pct"] = round(busy / total * 100, 1) if total else 0.0
     return result
 
 
+def system_share(before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """Per group, the part of its CPU time spent in the kernel (syscalls: sockets, fsync, futex), in %."""
+    shares = {}
+    for name, ticks in after.per_pid.items():
+        start = before.per_pid.get(name, {})
+        user = sum(t[0] - start.get(pid, (0, 0))[0] for pid, t in ticks.items())
+        system = sum(t[1] - start.get(pid, (0, 0))[1] for pid, t in ticks.items())
+        if user + system:
+            shares[name] = round(system / (user + system) * 100)
+    return shares
+
+
 async def machine_busy(sample_s: float = 3.0) -> float:
     """Percent of all cores busy over a short sample."""
-    busy0, total0 = _machine()
+    busy0, total0, _ = _machine()
     await asyncio.sleep(sample_s)
-    busy1, total1 = _machine()
+    busy1, total1, _ = _machine()
     return round((busy1 - busy0) / max(1, total1 - total0) * 100, 1)
+
+
+async def settle(limit_s: float, *, busy_below_pct: float = 25.0) -> dict:
+    """Between phases: wait (at most limit_s) until the system under test has worked off its backlog."""
+    started = time.monotonic()
+    busy = await machine_busy(2.0)
+    while busy >= busy_below_pct and time.monotonic() - started < limit_s:
+        busy = await machine_busy(2.0)
+    return {"busy_pct": busy, "waited_s": round(time.monotonic() - started, 1), "settled": busy < busy_below_pct}
 
 
 async def wait_until_quiet(limit_s: float, *, busy_below_pct: float = 20.0) -> dict:

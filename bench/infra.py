@@ -179,6 +179,17 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
+STARTED: list[Process] = []
+
+
+def stop_all_left() -> list[str]:
+    """Last resort at exit: end any process this run started that is still running."""
+    left = [p for p in STARTED if p.alive()]
+    for process in left:
+        process.stop(signal.SIGTERM, 20)
+    return [process.name for process in left]
+
+
 class Process:
     """A subprocess in its own session, output to a log file; stopped by signal, then killed by pid.
 
@@ -194,6 +205,7 @@ class Process:
                                       stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.popen.pid
         self.known_children: set[int] = set()
+        STARTED.append(self)
 
     def remember_children(self) -> list[int]:
         found = children_of(self.pid)
@@ -225,7 +237,8 @@ class Process:
             if _pid_alive(pid) and self._is_ours(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
         return code
 
     def _is_ours(self, pid: int) -> bool:
@@ -242,7 +255,7 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-async def wait_until(check: Callable[[], "asyncio.Future[bool] | bool"], *, timeout_s: float, what: str,
+async def wait_until(check: Callable[[], asyncio.Future[bool] | bool], *, timeout_s: float, what: str,
                      alive: Callable[[], bool] = lambda: True, every_s: float = 0.25) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shlex
 import sys
@@ -56,6 +57,15 @@ def _check(args: argparse.Namespace) -> None:
 
 async def run(args: argparse.Namespace, argv: list[str]) -> int:
     _check(args)
+    try:
+        return await _run(args, argv)
+    finally:
+        left = await asyncio.to_thread(infra.stop_all_left)
+        if left:
+            print(f"stopped what was still running: {', '.join(left)}", file=sys.stderr)
+
+
+async def _run(args: argparse.Namespace, argv: list[str]) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     now = datetime.now(UTC)
@@ -69,7 +79,8 @@ async def run(args: argparse.Namespace, argv: list[str]) -> int:
         "json": str(json_path.relative_to(ROOT)),
         "parameters": {"rate": args.rate, "duration_s": args.duration, "drain_s": args.drain,
                        "max_duration_s": args.max_duration, "concurrency": args.concurrency, "warmup": args.warmup,
-                       "gunicorn_workers": args.gunicorn_workers, "celery_concurrency": args.celery_concurrency},
+                       "gunicorn_workers": args.gunicorn_workers, "celery_concurrency": args.celery_concurrency,
+                       "quiet_wait_s": args.quiet_wait},
         "machine": await machine.describe(ROOT),
         "notes": [],
     }

@@ -3,7 +3,8 @@
 It binds an exclusive queue to `wabus.processor` / `message.processed` and notes, for every message
 of this run, when it arrived (time.perf_counter: CLOCK_MONOTONIC, the same clock in every process
 of the machine, so it compares with the sender's send times). The parent talks to it over a pipe:
-("count", phase) -> how many of that phase arrived; ("stop",) -> {message id: arrival time}.
+("count", phase) -> how many of that phase arrived; ("expect", ids) then ("missing",) -> how many of
+those ids have not arrived yet; ("stop",) -> {message id: arrival time}.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def run(amqp_url: str, run_prefix: str, conn: Connection, lifetime_s: float) -> 
 
 async def _listen(amqp_url: str, run_prefix: str, conn: Connection, lifetime_s: float) -> None:
     arrived: dict[str, float] = {}
+    expected: set[str] = set()
     per_phase: Counter[str] = Counter()
     others = 0
     connection = await aio_pika.connect(amqp_url, timeout=10)
@@ -57,6 +59,10 @@ async def _listen(amqp_url: str, run_prefix: str, conn: Connection, lifetime_s: 
                 continue
             if request[0] == "count":
                 conn.send(per_phase[request[1]])
+            elif request[0] == "expect":
+                expected = set(request[1])
+            elif request[0] == "missing":
+                conn.send(sum(1 for message_id in expected if message_id not in arrived))
             elif request[0] == "stop":
                 break
     finally:
@@ -97,6 +103,15 @@ class Listener:
 
     async def count(self, phase: str) -> int:
         self._conn.send(("count", phase))
+        if not await asyncio.to_thread(self._conn.poll, 10):
+            raise RuntimeError("listener did not answer")
+        return self._conn.recv()
+
+    async def missing(self, message_ids: list[str] | None = None) -> int:
+        """How many of the expected ids have not arrived (pass the ids the first time)."""
+        if message_ids is not None:
+            self._conn.send(("expect", message_ids))
+        self._conn.send(("missing",))
         if not await asyncio.to_thread(self._conn.poll, 10):
             raise RuntimeError("listener did not answer")
         return self._conn.recv()

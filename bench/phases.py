@@ -58,7 +58,9 @@ async def _measured(run, groups: cpu.Groups, expected_s: float):
         lines: list[str] = []
         with contextlib.suppress(asyncio.CancelledError):
             lines = await top
-    return outcome, cpu.usage(before, after), lines
+    usage = cpu.usage(before, after)
+    usage["system_share_pct"] = cpu.system_share(before, after)  # type: ignore[assignment]
+    return outcome, usage, lines
 
 
 async def fixed_rate(url: str, batch: load.Batch, settings: Settings, groups: cpu.Groups) -> Phase:
@@ -116,8 +118,8 @@ def e2e_report(phase: Phase, batch: load.Batch, arrived_at: dict[int, float], *,
     accepted = [i for i in range(r.used) if r.accepted[i]]
     latencies = [arrived_at[i] - r.sent[i] if i in arrived_at else math.inf for i in accepted]
     window_end = phase.start + window_s
-    done_by_window_end = sum(1 for i in accepted if arrived_at.get(i, math.inf) <= window_end)
-    acked_by_window_end = sum(1 for i in accepted if r.answered[i] <= window_end)
+    # acknowledged by the end of the window but not yet through (a row can exist before its 200 arrives)
+    backlog = sum(1 for i in accepted if r.answered[i] <= window_end and arrived_at.get(i, math.inf) > window_end)
     arrivals = sorted(arrived_at[i] for i in accepted if i in arrived_at)
     report = {
         "e2e": summary_ms(latencies),
@@ -125,7 +127,7 @@ def e2e_report(phase: Phase, batch: load.Batch, arrived_at: dict[int, float], *,
         "unprocessed_after_drain": len(accepted) - len(arrivals),
         "drain_waited_s": round(drain_waited_s, 1),
         # accepted but not yet through when the sending window closed
-        "backlog_at_window_end": acked_by_window_end - done_by_window_end,
+        "backlog_at_window_end": backlog,
         "processed_per_s": round(len(arrivals) / (arrivals[-1] - phase.start), 1) if arrivals else 0.0,
         "timeline": _timeline(phase, accepted, arrived_at),
     }
@@ -144,6 +146,11 @@ def _timeline(phase: Phase, accepted: list[int], arrived_at: dict[int, float]) -
         rows.append({"t_s": second, "accepted": bisect.bisect_right(ends, t),
                      "processed": bisect.bisect_right(arrivals, t)})
     return rows
+
+
+def accepted_ids(phase: Phase, batch: load.Batch) -> list[str]:
+    r = phase.record
+    return [load.message_id(batch.prefix, i) for i in range(r.used) if r.accepted[i]]
 
 
 def index_of(batch: load.Batch, message_id: str) -> int | None:

@@ -14,6 +14,20 @@ TARGET_RATIO = 4.0
 
 # A single asyncio process runs on one core at a time: this much of one core means it is saturated.
 SATURATED_PCT = 90.0
+# More than this much of a core outside the measured processes means something else disturbed a phase.
+DISTURBED_PCT = 20.0
+
+
+def disturbed(results: dict) -> list[str]:
+    """Phases during which other work took a noticeable share of the machine."""
+    found = []
+    for target in ("wabus", "baseline"):
+        for phase in ("fixed", "max"):
+            usage = results.get(target, {}).get(phase, {}).get("cpu_pct_of_one_core", {})
+            if usage.get("everything else", 0) > DISTURBED_PCT:
+                found.append(f"{target} {phase}-rate phase ({usage['everything else']:.0f} % of a core used by "
+                             "processes outside the benchmark)")
+    return found
 
 
 def _ms(value: float | None) -> str:
@@ -70,7 +84,7 @@ def _cpu_table(phases: list[tuple[str, dict]]) -> list[str]:
     groups: list[str] = []
     for _, usage in phases:
         for name in usage:
-            if name != "machine_busy_pct" and name not in groups:
+            if name not in ("machine_busy_pct", "system_share_pct") and name not in groups:
                 groups.append(name)
     lines = ["| process | " + " | ".join(label for label, _ in phases) + " |",
              "|---|" + "---:|" * len(phases)]
@@ -90,7 +104,8 @@ def observations(results: dict) -> list[str]:
             data = results.get(target, {}).get(phase)
             if not data:
                 continue
-            usage = {k: v for k, v in data["cpu_pct_of_one_core"].items() if k != "machine_busy_pct"}
+            usage = {k: v for k, v in data["cpu_pct_of_one_core"].items()
+                     if k not in ("machine_busy_pct", "system_share_pct")}
             busiest = sorted(usage.items(), key=lambda kv: -kv[1])[:3]
             saturated = [name for name, pct in usage.items()
                          if pct >= SATURATED_PCT and name in ("gateway", "processor", "load generator")]
@@ -145,9 +160,9 @@ def markdown(results: dict) -> str:
 
     row("fixed rate: offered webhooks/s", lambda d: _n(d["offered_per_s"]))
     row("fixed rate: accepted/s (in the window)", lambda d: _n(d["accepted_in_window_per_s"]))
-    row("fixed rate: errors", lambda d: f"{d['errors']:,}" + (f" ({', '.join(d['error_kinds'])})" if d["errors"] else ""))
-    row("fixed rate: ack p50", lambda d: _ms(d["ack"]["p50_ms"]))
-    row("fixed rate: ack p99", lambda d: _ms(d["ack"]["p99_ms"]))
+    row("fixed rate: errors (timeouts: no answer in 10 s)", lambda d: f"{d['errors']:,}" + (f" ({', '.join(d['error_kinds'])})" if d["errors"] else ""))
+    row("fixed rate: ack p50 (of accepted requests)", lambda d: _ms(d["ack"]["p50_ms"]))
+    row("fixed rate: ack p99 (of accepted requests)", lambda d: _ms(d["ack"]["p99_ms"]))
     row("fixed rate: end-to-end p50", lambda d: _ms(d["e2e"]["p50_ms"]))
     row("fixed rate: end-to-end p99", lambda d: _ms(d["e2e"]["p99_ms"]))
     row("fixed rate: processed/s (processor / Celery worker)", lambda d: _n(d["processed_per_s"]))
@@ -155,6 +170,8 @@ def markdown(results: dict) -> str:
     row("fixed rate: unprocessed after the drain", lambda d: f"{d['unprocessed_after_drain']:,} "
                                                              f"(waited {d['drain_waited_s']:g} s)")
     row("fixed rate: load generator lateness p99", lambda d: _ms(d["generator_lateness"]["p99_ms"]))
+    row("max rate: waited for the backlog before it", lambda d: f"{d['settled_before']['waited_s']:g} s"
+        + ("" if d["settled_before"]["settled"] else f" (still {d['settled_before']['busy_pct']:.0f} % busy)"))
     row("max rate: **accepted/s**", lambda d: f"**{_n(d['accepted_per_s'])}**")
     row("max rate: errors", lambda d: f"{d['errors']:,}" + (f" ({', '.join(d['error_kinds'])})" if d["errors"] else ""))
     row("max rate: ack p50", lambda d: _ms(d["ack"]["p50_ms"]))
@@ -182,11 +199,16 @@ def markdown(results: dict) -> str:
     if phases:
         out += ["### CPU during each phase", "",
                 "Percent of one core, from /proc/<pid>/stat (200 % = both cores). `postgres` and `rabbitmq` "
-                "count every process of those servers, including anything else using them at the time.", ""]
+                "count every process of those servers, including anything else using them at the time. "
+                "\"interrupts + steal\" is kernel time charged to no process (softirqs carry loopback networking) "
+                "and time the hypervisor took; \"everything else\" is the rest of the machine's busy time, mostly "
+                "other processes. The JSON also has each group's share of kernel (system) time.", ""]
         out += _cpu_table(phases) + [""]
         out += [f"- {note}" for note in observations(results)] + [""]
     for note in results.get("notes", []):
         out += [f"> {note}", ""]
+    for phase in disturbed(results):
+        out += [f"> **Disturbed:** {phase}: other work shared the machine; compare with a quieter run.", ""]
     out += [END]
     return "\n".join(out) + "\n"
 
@@ -229,4 +251,6 @@ def console(results: dict) -> str:
         lines.append(f"  [{ {True: 'met', False: 'NOT MET', None: 'n/a'}[met] }] {t}: {measured}")
     for note in observations(results):
         lines.append("  " + note)
+    for phase in disturbed(results):
+        lines.append(f"  DISTURBED: {phase}")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from .listener import Listener
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("gateway", "processor", "scheduler", "notifier")
 TENANT = "bench"
+SETTLE_S = 90.0
 
 
 def _wabus_command() -> list[str]:
@@ -78,6 +79,16 @@ async def _wait_for(listener: Listener, phase: str, target: int, timeout_s: floa
     return time.monotonic() - started
 
 
+async def _drain(listener: Listener, accepted: list[str], timeout_s: float) -> float:
+    """Until every accepted message was processed, or timeout; returns the time waited."""
+    started = time.monotonic()
+    missing = await listener.missing(accepted)
+    while missing and time.monotonic() - started < timeout_s:
+        await asyncio.sleep(0.25)
+        missing = await listener.missing()
+    return time.monotonic() - started
+
+
 async def run(settings: phases.Settings, tag: str, results_dir: Path, base_port: int) -> dict:
     vhost, database = infra.run_names(tag)
     ports = dict(zip(SERVICES, range(base_port, base_port + 4), strict=True))
@@ -132,7 +143,8 @@ async def run(settings: phases.Settings, tag: str, results_dir: Path, base_port:
         acks = phases.ack_report(fixed, window_s=settings.duration_s)
         print(f"wabus: draining (up to {settings.drain_s:g} s)", flush=True)
         drain_cpu_before = cpu.snapshot(groups)
-        waited = await _wait_for(listener, "F", acks["accepted"], settings.drain_s)
+        # by id: a request that timed out here may still have been committed, so counts mislead
+        waited = await _drain(listener, phases.accepted_ids(fixed, fixed_batch), settings.drain_s)
         # a drain of under a second is too short a sample to say anything
         drain_cpu = cpu.usage(drain_cpu_before, cpu.snapshot(groups)) if waited >= 1 else None
         heard = await listener.stop()
@@ -147,17 +159,23 @@ async def run(settings: phases.Settings, tag: str, results_dir: Path, base_port:
                            "drain_cpu_pct_of_one_core": drain_cpu, "metrics_after": await _scrape(ports)}
         del fixed_batch, fixed, arrived
 
+        # both systems start the max-rate phase idle: no backlog left from the fixed-rate phase
+        print(f"wabus: settling (up to {SETTLE_S:g} s)", flush=True)
+        settled = await cpu.settle(SETTLE_S)
         print(f"wabus: max rate, {settings.concurrency} senders for {settings.max_duration_s:g} s", flush=True)
         maximum = await phases.max_rate(url, max_batch, settings, groups)
-        report["max"] = {**phases.ack_report(maximum), "batch_exhausted": maximum.record.used >= len(max_batch),
+        report["max"] = {**phases.ack_report(maximum), "settled_before": settled,
+                         "batch_exhausted": maximum.record.used >= len(max_batch),
                          "metrics_after": await _scrape(ports)}
     finally:
+        # every step on its own: one failing must not leave the others undone
         if listener is not None:
             with contextlib.suppress(Exception):
                 await listener.stop()
         if up is not None:
             print("wabus: stopping (SIGINT)", flush=True)
-            report["exit_code"] = await asyncio.to_thread(up.stop, signal.SIGINT, 90)
+            with contextlib.suppress(Exception):
+                report["exit_code"] = await asyncio.to_thread(up.stop, signal.SIGINT, 90)
         with contextlib.suppress(Exception):
             await infra.drop_database(database)
         infra.delete_vhost(vhost)
