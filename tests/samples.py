@@ -21,7 +21,11 @@ def sample_bytes(name: str) -> bytes:
 
 def webhook_samples() -> list[str]:
     """Every webhook sample (not the `_api.` send responses), as provider/file names."""
-    return sorted(f"{p.parent.name}/{p.name}" for p in SAMPLES.glob("*/*.json") if not p.name.startswith("_api."))
+    found = sorted(f"{p.parent.name}/{p.name}" for p in SAMPLES.glob("*/*.json") if not p.name.startswith("_api."))
+    if not found:
+        # Never a silent skip: without the samples the gateway is not tested against real payloads.
+        raise FileNotFoundError(f"no webhook samples in {SAMPLES}: the samples live in ../shared beside the checkout")
+    return found
 
 
 def as_posted(name: str) -> tuple[str, bytes]:
