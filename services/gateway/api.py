@@ -13,13 +13,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from shared.events.batching import GroupCommit
+from shared.events.cache import ReadThrough
 from shared.events.catalog import Provider
 from shared.events.http import problem
 
 from .domain import BadShape, Tenant
 from .ingest import Incoming
 from .providers import PARSERS
-from .repository import TenantDirectory
 from .settings import GatewaySettings
 from .signatures import Unauthenticated, verify
 
@@ -42,7 +42,7 @@ class WebhookMetrics:
 @dataclass
 class Gateway:
     settings: GatewaySettings
-    tenants: TenantDirectory
+    tenants: ReadThrough[str, Tenant | None]
     commit: GroupCommit[Incoming, bool]
     metrics: WebhookMetrics
 

@@ -11,7 +11,7 @@ from shared.events.topology import Subscription
 
 from . import api, jobs, stream
 from .ingest import record_webhooks
-from .repository import TenantDirectory
+from .repository import tenant_directory
 from .settings import GatewaySettings
 
 
@@ -19,7 +19,7 @@ def build(common: CommonSettings, own: GatewaySettings) -> ServiceSpec:
     async def gateway(app: web.Application) -> AsyncIterator[None]:
         commit = GroupCommit(app[POOL], record_webhooks, max_batch=own.max_batch, acquire_timeout_s=2.0)
         app[api.GATEWAY] = api.Gateway(
-            settings=own, tenants=TenantDirectory(app[POOL], own.tenant_cache_s), commit=commit,
+            settings=own, tenants=tenant_directory(app[POOL], own.tenant_cache_s), commit=commit,
             metrics=api.WebhookMetrics(app[METRICS].registry),
         )
         hub = stream.StreamHub(app[POOL], common.database_url, "gateway", app[METRICS].registry,

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import secrets
-import time
-from dataclasses import dataclass
 
 import asyncpg
 
 from shared.events import db
+from shared.events.cache import ReadThrough
 from shared.events.catalog import Provider
 
 from .domain import Tenant
@@ -53,27 +52,14 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
-@dataclass
-class TenantDirectory:
-    """Tenants looked up on every webhook: read through a short cache, misses included."""
+def tenant_directory(pool: asyncpg.Pool, ttl_s: float) -> ReadThrough[str, Tenant | None]:
+    """Tenants are looked up on every webhook: read through a short cache."""
 
-    pool: asyncpg.Pool
-    ttl_s: float
+    async def load(tenant_id: str) -> Tenant | None:
+        async with db.transaction(pool, acquire_timeout=2.0) as conn:
+            return await get_tenant(conn, tenant_id)
 
-    def __post_init__(self) -> None:
-        self._cache: dict[str, tuple[float, Tenant | None]] = {}
-
-    async def get(self, tenant_id: str) -> Tenant | None:
-        now = time.monotonic()
-        hit = self._cache.get(tenant_id)
-        if hit is not None and now - hit[0] < self.ttl_s:
-            return hit[1]
-        async with db.transaction(self.pool, acquire_timeout=2.0) as conn:
-            tenant = await get_tenant(conn, tenant_id)
-        if len(self._cache) > 10_000:
-            self._cache.clear()  # unknown ids from a scan must not grow this without bound
-        self._cache[tenant_id] = (now, tenant)
-        return tenant
+    return ReadThrough(load, ttl_s)
 
 
 INSERT_RECEIVED = """

@@ -10,7 +10,6 @@ class GatewaySettings(BaseSettings):
     # WAHA's X-Webhook-Timestamp must be this close to now.
     replay_window_s: float = Field(300.0, gt=0)
     tenant_cache_s: float = Field(5.0, ge=0)
-    retry_after_s: int = Field(5, ge=1)
     # Providers retry for days (Meta up to 7): dedupe keys outlive that.
     received_retention_days: float = Field(14.0, gt=0)
     max_batch: int = Field(1000, ge=1)

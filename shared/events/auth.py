@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -17,6 +16,7 @@ import asyncpg
 from aiohttp import web
 
 from . import db
+from .cache import ReadThrough
 from .http import problem
 
 PREFIX = "wbk"
@@ -70,8 +70,7 @@ class ApiKeys:
 
     def __init__(self, pool: asyncpg.Pool, cache_s: float = 5.0):
         self._pool = pool
-        self._cache_s = cache_s
-        self._cache: dict[str, tuple[float, asyncpg.Record | None]] = {}
+        self._rows: ReadThrough[str, asyncpg.Record | None] = ReadThrough(self._load, cache_s)
 
     async def authenticate(self, request: web.Request, minimum: Role) -> Principal:
         key = _presented(request)
@@ -81,7 +80,7 @@ class ApiKeys:
         key_id, _, secret = rest.partition("_")
         if prefix != PREFIX or not key_id or not secret:
             raise Unauthorized("malformed API key")
-        row = await self._row(key_id)
+        row = await self._rows.get(key_id)
         if row is None or row["revoked_at"] is not None or not hmac.compare_digest(row["secret_hash"], _hash(secret)):
             raise Unauthorized("unknown or revoked API key")
         principal = Principal(key_id, row["tenant_id"], Role[row["role"].upper()])
@@ -89,18 +88,10 @@ class ApiKeys:
             raise Forbidden(f"this needs the {minimum.name.lower()} role; the key has {principal.role.name.lower()}")
         return principal
 
-    async def _row(self, key_id: str) -> asyncpg.Record | None:
-        now = time.monotonic()
-        hit = self._cache.get(key_id)
-        if hit is not None and now - hit[0] < self._cache_s:
-            return hit[1]
+    async def _load(self, key_id: str) -> asyncpg.Record | None:
         async with db.transaction(self._pool, acquire_timeout=2.0) as conn:
-            row = await conn.fetchrow(
+            return await conn.fetchrow(
                 "SELECT tenant_id, role, secret_hash, revoked_at FROM api_keys WHERE key_id = $1", key_id)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key_id] = (now, row)
-        return row
 
 
 async def add_key(conn: asyncpg.Connection, *, key_id: str, secret_hash: bytes, tenant_id: str, role: Role,

@@ -17,7 +17,7 @@ Delivery-limit and dead-lettering are set explicitly, so 3.10 and the 3.13/4.x d
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aio_pika
@@ -50,7 +50,6 @@ class Subscription:
     # Split by the events' shard key (a chat) over this many queues, each with one active consumer
     # and taken one delivery at a time: order per key holds with any number of replicas.
     shards: int = 0
-    extra_arguments: dict[str, Any] = field(default_factory=dict)
 
 
 def retry_exchange(service: str, attempt: int) -> str:
@@ -92,7 +91,6 @@ def queue_arguments(service: str, sub: Subscription) -> dict[str, Any]:
         "x-delivery-limit": DELIVERY_LIMIT,
         "x-dead-letter-exchange": dead_exchange(service),
         **_SAFE_DEAD_LETTERING,
-        **sub.extra_arguments,
     }
     if sub.single_active:
         args["x-single-active-consumer"] = True
