@@ -33,6 +33,7 @@ from .notifier.settings import NotifierSettings
 from .processor import app as processor
 from .processor.settings import ProcessorSettings
 from .scheduler import app as scheduler
+from .scheduler import cli as scheduler_cli
 from .scheduler.settings import SchedulerSettings
 
 BUILDERS: dict[str, Callable[[CommonSettings], ServiceSpec]] = {
@@ -328,6 +329,7 @@ def parser() -> argparse.ArgumentParser:
     keys.set_defaults(func=lambda args: asyncio.run(_keys(args)))
 
     gateway_cli.register(sub, Path(gateway.__file__).parent / "migrations")
+    scheduler_cli.register(sub, Path(scheduler.__file__).parent / "migrations")
     return p
 
 

@@ -158,6 +158,35 @@ class MessageProcessed(Event):
 # --- scheduler --------------------------------------------------------------------------------
 
 
+class Patient(BaseModel):
+    """Who a ticket or a notice is for: enough to reach them and to speak their language."""
+
+    model_config = PART
+    chat_id: str = Field(min_length=1)
+    phone: str | None = None  # E.164
+    name: str | None = None
+    language: str | None = None
+
+
+class TicketVia(StrEnum):
+    WHATSAPP = "whatsapp"
+    STAFF = "staff"
+    TRANSFER = "transfer"
+
+
+class RefusalCode(StrEnum):
+    QUEUE_CLOSED = "queue_closed"
+    UNKNOWN_DEPARTMENT = "unknown_department"
+    ALREADY_IN_QUEUE = "already_in_queue"
+
+
+class TicketOutcome(StrEnum):
+    SERVED = "served"
+    NO_SHOW = "no_show"
+    CANCELLED = "cancelled"
+    TRANSFERRED = "transferred"
+
+
 class QueueOpened(Event):
     type = "queue.opened"
     department: str = Field(min_length=1)
@@ -165,20 +194,27 @@ class QueueOpened(Event):
     opened_at: UtcDatetime
     opened_by: str
     reason: str | None = None
+    message: str | None = None
     closes_at: UtcDatetime | None = None
+    subscribers: list[Patient] = Field(default_factory=list)  # told once: their subscriptions end here
 
 
 class QueueClosed(Event):
     type = "queue.closed"
     department: str = Field(min_length=1)
+    department_name: str
     closed_at: UtcDatetime
     closed_by: str
     reason: str | None = None
+    message: str | None = None
+    cancelled_tickets: int = Field(0, ge=0)
+    carried_over_tickets: int = Field(0, ge=0)
 
 
 class QueueStatusChanged(Event):
     type = "queue.status.changed"
     department: str = Field(min_length=1)
+    department_name: str
     is_open: bool
     message: str | None = None
     waiting: int = Field(ge=0)
@@ -189,18 +225,103 @@ class QueueStatusChanged(Event):
 class TicketIssued(Event):
     type = "ticket.issued"
     department: str = Field(min_length=1)
+    department_name: str
     ticket: str
-    chat_id: str
+    ticket_id: str
+    patient: Patient
     position: int = Field(ge=1)
     estimated_wait_s: float | None = Field(default=None, ge=0)
+    via: TicketVia
+
+    def shard_key(self) -> str:
+        return self.patient.chat_id
+
+
+class TicketRefused(Event):
+    type = "ticket.refused"
+    department: str = Field(min_length=1)  # as the patient asked for it
+    department_name: str | None = None
+    patient: Patient
+    code: RefusalCode
+    reason: str
+    ticket: str | None = None  # the ticket the patient already holds
+    position: int | None = Field(default=None, ge=1)
+    known_departments: list[str] = Field(default_factory=list)
+
+    def shard_key(self) -> str:
+        return self.patient.chat_id
+
+
+class TurnApproaching(Event):
+    """A waiting ticket reached the department's "almost your turn" position."""
+
+    type = "turn.approaching"
+    department: str = Field(min_length=1)
+    department_name: str
+    ticket: str
+    ticket_id: str
+    patient: Patient
+    position: int = Field(ge=1)
+    estimated_wait_s: float | None = Field(default=None, ge=0)
+
+    def shard_key(self) -> str:
+        return self.patient.chat_id
 
 
 class TurnReached(Event):
     type = "turn.reached"
     department: str = Field(min_length=1)
+    department_name: str
     ticket: str
-    chat_id: str
+    ticket_id: str
+    patient: Patient
     counter: str | None = None
+    recall: int = Field(0, ge=0)  # 0 on the first call
+
+    def shard_key(self) -> str:
+        return self.patient.chat_id
+
+
+class TicketEnded(Event):
+    type = "ticket.ended"
+    department: str = Field(min_length=1)
+    department_name: str
+    ticket: str
+    ticket_id: str
+    patient: Patient
+    outcome: TicketOutcome
+    by: str
+    reason: str | None = None
+
+    def shard_key(self) -> str:
+        return self.patient.chat_id
+
+
+class PositionReported(Event):
+    """The answer to a patient asking where they stand; no ticket means they are not waiting."""
+
+    type = "position.reported"
+    department: str | None = None
+    department_name: str | None = None
+    patient: Patient
+    ticket: str | None = None
+    position: int | None = Field(default=None, ge=1)
+    estimated_wait_s: float | None = Field(default=None, ge=0)
+    is_open: bool | None = None
+
+    def shard_key(self) -> str:
+        return self.patient.chat_id
+
+
+class OpeningSubscribed(Event):
+    type = "opening.subscribed"
+    department: str = Field(min_length=1)
+    department_name: str
+    patient: Patient
+    is_open: bool  # already open: the patient can join right away
+
+    def shard_key(self) -> str:
+        return self.patient.chat_id
 
 
 # --- notifier ---------------------------------------------------------------------------------
@@ -243,7 +364,8 @@ def _routes(service: str, *models: type[Event]) -> dict[tuple[str, int], Route]:
 CATALOG: dict[tuple[str, int], Route] = {
     **_routes("gateway", WhatsAppMessageReceived, WhatsAppMessageAck, WhatsAppSessionStatusChanged),
     **_routes("processor", MessageProcessed),
-    **_routes("scheduler", QueueOpened, QueueClosed, QueueStatusChanged, TicketIssued, TurnReached),
+    **_routes("scheduler", QueueOpened, QueueClosed, QueueStatusChanged, TicketIssued, TicketRefused,
+              TurnApproaching, TurnReached, TicketEnded, PositionReported, OpeningSubscribed),
     **_routes("notifier", NotificationStatusChanged, BroadcastStatusChanged),
 }
 

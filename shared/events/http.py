@@ -25,6 +25,14 @@ class NotFound(Exception):
     """A domain lookup found nothing (or nothing this tenant may see): 404."""
 
 
+class Conflict(Exception):
+    """The request is valid but the current state does not allow it: 409, with what is in the way."""
+
+    def __init__(self, reason: str, **details: object):
+        super().__init__(reason)
+        self.details = details
+
+
 def problem(status: int, error: str, **details: object) -> web.Response:
     return web.json_response({"error": error, **details}, status=status)
 
@@ -52,6 +60,8 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
             response = problem(400, "body is not JSON", reason=str(exc))
         except NotFound as exc:
             response = problem(404, str(exc) or "not found")
+        except Conflict as exc:
+            response = problem(409, "conflict", reason=str(exc), **exc.details)
         except DatabaseUnavailable:
             # Nothing was kept: the sender should try again shortly.
             response = problem(503, "database unavailable, try again")

@@ -14,6 +14,8 @@ MESSAGE = c.WhatsAppMessage(
     media=c.Media(url="http://waha/files/a.jpg", mimetype="image/jpeg", caption="x"),
 )
 
+PATIENT = c.Patient(chat_id="212600000000@c.us", phone="+212600000000", name="Amina", language="fr")
+
 EXAMPLES: list[c.Event] = [
     c.WhatsAppMessageReceived(message=MESSAGE),
     c.WhatsAppMessageAck(provider=c.Provider.META, provider_message_id="wamid.X", status=c.AckStatus.READ, at=AT),
@@ -21,14 +23,27 @@ EXAMPLES: list[c.Event] = [
                                    connected=True, at=AT),
     c.MessageProcessed(message=MESSAGE, conversation_id="conv-1", processing_ms=1.5, language="fr",
                        intent=c.Intent(name="join_queue", arguments={"department": "OPD"})),
-    c.QueueOpened(department="OPD", department_name="Outpatients", opened_at=AT, opened_by="nurse"),
-    c.QueueClosed(department="OPD", closed_at=AT, closed_by="schedule", reason="closing time"),
-    c.QueueStatusChanged(department="OPD", is_open=True, waiting=4, estimated_wait_s=600, current_ticket="OPD-007"),
-    c.TicketIssued(department="OPD", ticket="OPD-012", chat_id="212600000000@c.us", position=3),
-    c.TurnReached(department="OPD", ticket="OPD-012", chat_id="212600000000@c.us", counter="2"),
+    c.QueueOpened(department="OPD", department_name="Outpatients", opened_at=AT, opened_by="nurse",
+                  subscribers=[PATIENT]),
+    c.QueueClosed(department="OPD", department_name="Outpatients", closed_at=AT, closed_by="schedule",
+                  reason="closing time", cancelled_tickets=2),
+    c.QueueStatusChanged(department="OPD", department_name="Outpatients", is_open=True, waiting=4,
+                         estimated_wait_s=600, current_ticket="OPD-007"),
+    c.TicketIssued(department="OPD", department_name="Outpatients", ticket="OPD-012", ticket_id="t1",
+                   patient=PATIENT, position=3, via=c.TicketVia.WHATSAPP),
+    c.TicketRefused(department="OPD", patient=PATIENT, code=c.RefusalCode.QUEUE_CLOSED, reason="closed"),
+    c.TurnApproaching(department="OPD", department_name="Outpatients", ticket="OPD-012", ticket_id="t1",
+                      patient=PATIENT, position=3),
+    c.TurnReached(department="OPD", department_name="Outpatients", ticket="OPD-012", ticket_id="t1",
+                  patient=PATIENT, counter="2"),
+    c.TicketEnded(department="OPD", department_name="Outpatients", ticket="OPD-012", ticket_id="t1",
+                  patient=PATIENT, outcome=c.TicketOutcome.SERVED, by="key:abc"),
+    c.PositionReported(department="OPD", patient=PATIENT, ticket="OPD-012", position=2),
+    c.OpeningSubscribed(department="OPD", department_name="Outpatients", patient=PATIENT, is_open=False),
     c.NotificationStatusChanged(notification_id="n1", status="sent", provider_message_id="wamid.Y"),
     c.BroadcastStatusChanged(broadcast_id="b1", status="partial", total=3, sent=2, failed=1),
 ]
+TURN = next(e for e in EXAMPLES if isinstance(e, c.TurnReached))
 
 
 def test_every_catalogued_event_has_an_example():
@@ -63,7 +78,12 @@ def test_design_routing_keys():
         "queue.closed": "wabus.scheduler",
         "queue.status.changed": "wabus.scheduler",
         "ticket.issued": "wabus.scheduler",
+        "ticket.refused": "wabus.scheduler",
+        "turn.approaching": "wabus.scheduler",
         "turn.reached": "wabus.scheduler",
+        "ticket.ended": "wabus.scheduler",
+        "position.reported": "wabus.scheduler",
+        "opening.subscribed": "wabus.scheduler",
         "notification.status": "wabus.notifier",
         "broadcast.status": "wabus.notifier",
     }
@@ -79,14 +99,14 @@ def test_child_keeps_tenant_and_chain():
 
 
 def test_occurred_at_is_kept_in_utc():
-    envelope = Envelope.new(EXAMPLES[8], tenant_id="clinic-a",
+    envelope = Envelope.new(TURN, tenant_id="clinic-a",
                             occurred_at=datetime(2026, 3, 29, 3, 30, tzinfo=timezone(timedelta(hours=2))))
     assert envelope.occurred_at == AT and envelope.occurred_at.tzinfo == UTC
     assert b'"occurred_at":"2026-03-29T01:30:00Z"' in envelope.encode()
 
 
 def _body(**changes) -> bytes:
-    envelope = Envelope.new(EXAMPLES[8], tenant_id="clinic-a", occurred_at=AT)
+    envelope = Envelope.new(TURN, tenant_id="clinic-a", occurred_at=AT)
     raw = envelope.model_dump(mode="json")
     raw.update(changes)
     import json

@@ -7,7 +7,7 @@ import aio_pika
 import asyncpg
 import pytest
 
-from shared.events.catalog import TurnReached
+from shared.events.catalog import Patient, TurnReached
 from shared.events.envelope import Envelope
 from shared.events.metrics import Metrics
 from shared.events.publisher import Publisher
@@ -16,7 +16,8 @@ from shared.events.topology import Subscription
 
 
 def turn(n: int, tenant: str = "clinic-a") -> Envelope:
-    return Envelope.new(TurnReached(department="OPD", ticket=f"OPD-{n:03d}", chat_id="212600000000@c.us"),
+    return Envelope.new(TurnReached(department="OPD", department_name="Outpatients", ticket=f"OPD-{n:03d}",
+                                    ticket_id=f"t-{n}", patient=Patient(chat_id="212600000000@c.us")),
                         tenant_id=tenant)
 
 
