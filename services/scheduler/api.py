@@ -169,7 +169,7 @@ class AuditQuery(BaseModel):
 
 async def _body(request: web.Request, model: type[T]) -> T:
     raw = await request.read()
-    return model.model_validate_json(raw or b"{}")  # type: ignore[attr-defined]
+    return model.model_validate(json.loads(raw) if raw else {})  # type: ignore[attr-defined]
 
 
 def _actor(principal: Principal) -> str:
