@@ -58,10 +58,15 @@ _HORIZON = f"SELECT xid::text::bigint, seq FROM stream_events WHERE {_FINAL} ORD
 PRUNE_STREAM = "DELETE FROM stream_events WHERE occurred_at < $1"
 
 
+# Queue events reach waiting-room screens: the ticket number is enough, never whose it is.
+_PRIVATE = {"patient", "subscribers"}
+
+
 async def record_stream_event(envelope: Envelope, conn: asyncpg.Connection) -> list:
     """Keep an event for the browsers of its tenant (gateway.stream subscription)."""
+    body = envelope.model_dump_json(exclude={"data": _PRIVATE})
     await conn.execute(_RECORD, envelope.tenant_id, envelope.type, getattr(envelope.data, "department", None),
-                       envelope.id, envelope.model_dump_json(), envelope.occurred_at)
+                       envelope.id, body, envelope.occurred_at)
     return []
 
 

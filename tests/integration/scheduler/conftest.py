@@ -30,15 +30,18 @@ class Keys:
         return self.by_tenant[tenant]
 
 
-async def add_keys(database_url: str, tenants=("clinic-a", "clinic-b")) -> Keys:
+async def add_keys(database_url: str, tenants=("clinic-a", "clinic-b"), schemas=("scheduler",)) -> Keys:
+    """The same keys in each schema, as `wabus keys add` writes them (the services must have migrated)."""
     keys = Keys()
-    conn = await asyncpg.connect(database_url, server_settings={"search_path": "scheduler"})
+    conn = await asyncpg.connect(database_url)
     try:
         for tenant in tenants:
             for role in ROLES:
                 key, key_id, secret_hash = auth.new_key()
-                await auth.add_key(conn, key_id=key_id, secret_hash=secret_hash, tenant_id=tenant,
-                                   role=auth.Role[role.upper()], label=None)
+                for schema in schemas:
+                    await conn.execute(f'SET search_path TO "{schema}"')
+                    await auth.add_key(conn, key_id=key_id, secret_hash=secret_hash, tenant_id=tenant,
+                                       role=auth.Role[role.upper()], label=None)
                 keys.by_tenant.setdefault(tenant, {})[role] = key
     finally:
         await conn.close()

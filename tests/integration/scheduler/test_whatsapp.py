@@ -1,7 +1,10 @@
 """A patient's WhatsApp message, through the gateway and processor, becomes a ticket in the scheduler."""
 
+import json
+
 from tests.integration.inbound.conftest import add_tenants, running
 from tests.integration.inbound.test_processing import text
+from tests.integration.inbound.test_stream import _sse_events
 from tests.support import Listener, eventually
 
 from .conftest import add_keys, rows, scheduler
@@ -94,3 +97,37 @@ async def test_subscribers_hear_once_when_the_department_opens(isolated):
 
 async def _ready(value):
     return value
+
+
+async def test_a_waiting_room_screen_follows_its_department_over_sse_without_patient_details(isolated):
+    await add_tenants(isolated.database_url)
+    settings = isolated.settings()
+    async with running(settings) as inbound, scheduler(settings) as sched:
+        keys = await add_keys(isolated.database_url, tenants=("clinic-waha", "clinic-meta"),
+                              schemas=("scheduler", "gateway"))
+        staff = {"Authorization": f"Bearer {keys['clinic-waha']['staff']}"}
+        await _department(sched.url, inbound.http, keys["clinic-waha"]["admin"])
+        await _department(sched.url, inbound.http, keys["clinic-meta"]["admin"])
+        screen = await inbound.http.get(
+            f"{inbound.gateway_url}/v1/stream", params={"topics": "queue.status.changed,turn.reached",
+                                                        "department": "OPD"},
+            headers={"Authorization": f"Bearer {keys['clinic-waha']['viewer']}"})
+        assert screen.status == 200
+        # Another clinic's OPD must not show on this screen.
+        other = {"Authorization": f"Bearer {keys['clinic-meta']['staff']}"}
+        async with inbound.http.post(f"{sched.url}/v1/departments/OPD/open", json={}, headers=other) as r:
+            assert r.status == 200
+        for path, body in (("open", {}), ("tickets", {"phone": "+212600000701"}), ("call-next", {"counter": "2"})):
+            async with inbound.http.post(f"{sched.url}/v1/departments/OPD/{path}", json=body, headers=staff) as r:
+                assert r.status in (200, 201), await r.text()
+        seen = await _sse_events(screen, 4)
+        screen.close()
+    assert [e["event"] for e in seen] == ["queue.status.changed", "queue.status.changed", "turn.reached",
+                                          "queue.status.changed"]
+    bodies = [json.loads(e["data"]) for e in seen]
+    assert {b["tenant_id"] for b in bodies} == {"clinic-waha"}
+    assert bodies[1]["data"]["waiting"] == 1
+    assert (bodies[2]["data"]["ticket"], bodies[2]["data"]["counter"]) == ("OPD-001", "2")
+    assert bodies[3]["data"]["current_ticket"] == "OPD-001" and bodies[3]["data"]["waiting"] == 0
+    assert all("patient" not in b["data"] for b in bodies)
+    assert "212600000701" not in json.dumps(bodies)
