@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -193,3 +194,42 @@ async def test_the_estimated_wait_follows_recent_service_times(isolated):
         _, status = await admin.call("GET", "/v1/departments/OPD/status")
         assert 119 <= status["average_service_s"] <= 125
         assert status["waiting"] == 1 and 2 * 119 <= status["estimated_wait_s"] <= 2 * 125
+
+
+async def _wabus(isolated, *args: str) -> tuple[int, list[dict]]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", *args, env=isolated.env(),
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    return proc.returncode, [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+
+
+async def test_auto_close_by_hand_shows_then_does_what_the_closing_pass_would(isolated):
+    async with staff_api(isolated) as (admin, keys, _), \
+            Listener(isolated.amqp_url, "wabus.scheduler", SCHEDULER_EVENTS) as events:
+        tomorrow = (datetime.now(ZoneInfo("Africa/Casablanca")) + timedelta(days=1)).isoweekday()
+        for code in ("OPD", "LAB", "ER"):
+            await admin.call("POST", "/v1/departments", {**OPD, "code": code})
+            await admin.call("PUT", f"/v1/departments/{code}/schedule", {"hours": [
+                {"weekday": tomorrow, "opens_at": "08:00", "closes_at": "12:00"}]})
+        await admin.call("POST", "/v1/departments/OPD/open")
+        await admin.call("POST", "/v1/departments/OPD/tickets", {"phone": "+212600000801"})
+        # Overridden open until tomorrow: the closing pass leaves it alone.
+        await admin.call("POST", "/v1/departments/ER/overrides", {
+            "is_open": True, "ends_at": (datetime.now(UTC) + timedelta(days=1)).isoformat(), "reason": "on call"})
+        await admin.call("POST", "/v1/departments/ER/open")
+
+        code, dry = await _wabus(isolated, "queues", "auto-close", "--tenant", "clinic-a", "--dry-run")
+        assert code == 0
+        assert {(d["department"], d["action"]) for d in dry} == {("OPD", "would close"), ("ER", "stays open")}
+        assert next(d for d in dry if d["department"] == "OPD")["waiting_tickets"] == 1
+        _, status = await admin.call("GET", "/v1/departments/OPD/status")
+        assert status["is_open"]
+
+        code, done = await _wabus(isolated, "queues", "auto-close", "--department", "OPD")
+        assert code == 0 and [(d["department"], d["action"]) for d in done] == [("OPD", "closed")]
+        _, status = await admin.call("GET", "/v1/departments/OPD/status")
+        assert not status["is_open"] and status["changed_by"] == "cli:auto-close"
+        (closed,) = await eventually(lambda: _async(_of(events, "queue.closed")), what="closing published")
+        assert closed["data"]["cancelled_tickets"] == 1
+        code, _ = await _wabus(isolated, "queues", "auto-close", "--department", "NOPE")
+        assert code == 1
