@@ -62,7 +62,8 @@ async def test_applying_the_same_envelope_twice_changes_nothing(isolated, effect
 
 async def announce_waiting(envelope, conn):
     await record_effect(envelope, conn)
-    return [QueueStatusChanged(department="OPD", is_open=True, waiting=2, current_ticket=envelope.data.ticket)]
+    return [QueueStatusChanged(department="OPD", department_name="Outpatients", is_open=True, waiting=2,
+                               current_ticket=envelope.data.ticket)]
 
 
 async def test_events_a_handler_returns_go_out_through_the_outbox_in_the_same_chain(isolated, effects):

@@ -145,7 +145,8 @@ async def test_a_notify_wakes_the_relay_without_waiting_for_its_poll(isolated):
 
 async def test_an_event_no_queue_is_bound_for_is_parked_visibly_and_does_not_hold_up_the_rest(isolated):
     nobody_listens = Envelope.new(
-        QueueClosed(department="OPD", closed_at=datetime.now(UTC), closed_by="nurse"), tenant_id="clinic-a")
+        QueueClosed(department="OPD", department_name="Outpatients", closed_at=datetime.now(UTC),
+                    closed_by="nurse"), tenant_id="clinic-a")
     async with serve(isolated.settings(), SCHEDULER), Listener(isolated.amqp_url, "wabus.scheduler",
                                                                  ["turn.reached"]) as listener:
         pool = await _pool(isolated)
