@@ -29,6 +29,7 @@ from .gateway import app as gateway
 from .gateway import cli as gateway_cli
 from .gateway.settings import GatewaySettings
 from .notifier import app as notifier
+from .notifier import cli as notifier_cli
 from .notifier.settings import NotifierSettings
 from .processor import app as processor
 from .processor.settings import ProcessorSettings
@@ -328,8 +329,10 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     keys.set_defaults(func=lambda args: asyncio.run(_keys(args)))
 
-    gateway_cli.register(sub, Path(gateway.__file__).parent / "migrations")
+    gateway_cli.register(sub, Path(gateway.__file__).parent / "migrations",
+                         Path(notifier.__file__).parent / "migrations")
     scheduler_cli.register(sub, Path(scheduler.__file__).parent / "migrations")
+    notifier_cli.register(sub)
     return p
 
 

@@ -10,6 +10,7 @@ import sys
 import asyncpg
 import phonenumbers
 
+from services.notifier.handlers import add_sender
 from shared.events import db
 from shared.events.catalog import Provider
 from shared.events.migrate import ensure_database, migrate, migration_files
@@ -22,7 +23,7 @@ from .domain import Tenant
 _WEBHOOK_PROVIDERS = [p.value for p in (Provider.WAHA, Provider.EVOLUTION, Provider.META)]
 
 
-def register(sub: argparse._SubParsersAction, migrations) -> None:
+def register(sub: argparse._SubParsersAction, migrations, notifier_migrations) -> None:
     tenants = sub.add_parser("tenants", help="add, list, show tenants and rotate their webhook secrets")
     actions = tenants.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="add a tenant; prints its webhook secret once")
@@ -40,14 +41,15 @@ def register(sub: argparse._SubParsersAction, migrations) -> None:
     show.add_argument("id")
     rotate = actions.add_parser("rotate-secret", help="replace a tenant's webhook secret; prints the new one once")
     rotate.add_argument("id")
-    tenants.set_defaults(func=lambda args: asyncio.run(_tenants(args, migrations)))
+    tenants.set_defaults(func=lambda args: asyncio.run(_tenants(args, migrations, notifier_migrations)))
 
 
-async def _tenants(args: argparse.Namespace, migrations) -> int:
+async def _tenants(args: argparse.Namespace, migrations, notifier_migrations) -> int:
     common = CommonSettings()
     await ensure_database(common.database_url, timeout=common.connect_timeout_s)
     conn = await db.connect(common.database_url, "gateway", timeout=common.connect_timeout_s)
     try:
+        await migrate(conn, "notifier", migration_files(notifier_migrations))
         await migrate(conn, "gateway", migration_files(migrations))
         return await _run(args, conn)
     finally:
@@ -74,7 +76,11 @@ async def _run(args: argparse.Namespace, conn: asyncpg.Connection) -> int:
         tenant = Tenant(id=args.id, provider=Provider(args.provider), session=args.session, webhook_secret=secret,
                         verify_token=args.verify_token, default_region=region, locale=args.locale)
         try:
-            await repository.add_tenant(conn, tenant)
+            # The notifier keeps its own copy of who sends for the tenant, written together.
+            async with conn.transaction():
+                await repository.add_tenant(conn, tenant)
+                await add_sender(conn, tenant_id=tenant.id, provider=tenant.provider.value, session=tenant.session,
+                                 default_region=region, locale=tenant.locale)
         except asyncpg.UniqueViolationError:
             print(f"wabus tenants add: tenant {args.id!r} already exists", file=sys.stderr)
             return 1

@@ -1,15 +1,53 @@
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from shared.events.runtime import ServiceSpec
-from shared.events.settings import CommonSettings
+import aiohttp
+from aiohttp import web
 
+from shared.events.runtime import METRICS, POOL, STOPPING, ServiceSpec
+from shared.events.settings import CommonSettings
+from shared.events.topology import Subscription
+
+from . import api, handlers
+from .providers import build_provider
+from .sending import Sender, SenderMetrics
 from .settings import NotifierSettings
+
+_SCHEDULER_NOTICES = ["ticket.issued", "ticket.refused", "turn.approaching", "turn.reached", "position.reported",
+                      "opening.subscribed", "queue.opened"]
 
 
 def build(common: CommonSettings, own: NotifierSettings) -> ServiceSpec:
+    async def sending(app: web.Application) -> AsyncIterator[None]:
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=own.send_timeout_s))
+        provider = build_provider(own.provider, http=http, base_url=own.provider_url, api_key=own.provider_api_key,
+                                  timeout_s=own.send_timeout_s)
+        sender = Sender(pool=app[POOL], dsn=common.database_url, provider=provider, settings=own,
+                        metrics=SenderMetrics(app[METRICS].registry), connect_timeout_s=common.connect_timeout_s)
+        app[api.SENDER] = sender
+        app[api.GAUGES] = api.NotificationGauges(app[METRICS].registry)
+        tasks = [asyncio.create_task(sender.run(app[STOPPING]), name="notifier-sender"),
+                 asyncio.create_task(api.refresh_gauges(app, own.gauges_every_s), name="notifier-gauges")]
+        yield
+        await asyncio.gather(*tasks)
+        await http.close()
+
     return ServiceSpec(
         name="notifier",
         port=own.port,
         schema="notifier",
         migrations=Path(__file__).parent / "migrations",
+        subscriptions=[
+            # Sharded by chat: a patient's notices are queued in the order they happened.
+            Subscription("notifier.notices", "wabus.scheduler", _SCHEDULER_NOTICES, handlers.notify_patients,
+                         shards=own.shards),
+            Subscription("notifier.replies", "wabus.processor", ["message.processed"], handlers.reply_to_patient,
+                         shards=own.shards),
+            Subscription("notifier.receipts", "wabus.gateway", ["whatsapp.message.ack"], handlers.apply_ack),
+            Subscription("notifier.sessions", "wabus.gateway", ["whatsapp.session.status"],
+                         handlers.note_session_status, single_active=True),
+        ],
+        routes=api.routes,
+        contexts=[sending],
     )

@@ -1,0 +1,366 @@
+"""Broadcasts, notification status and operations; every query is scoped to the caller's tenant."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.events import db, outbox
+from shared.events.auth import Principal, Role
+from shared.events.http import Conflict, NotFound, problem
+from shared.events.runtime import API_KEYS, POOL, STOPPING
+from shared.phones import InvalidPhone, to_e164
+
+from . import handlers, templates
+from .handlers import WAKE_SENDER, Outgoing, sender_of
+from .providers import SendFailed
+from .sending import Sender, broadcast_progress
+
+log = logging.getLogger(__name__)
+
+SENDER = web.AppKey("sender", Sender)
+ITEMS = 100
+INVALID_SHOWN = 20
+
+
+class NotificationGauges:
+    def __init__(self, registry: CollectorRegistry):
+        self.pending = Gauge("wabus_notifier_pending", "Notifications queued, sending or in doubt", registry=registry)
+        self.sent_5m = Gauge("wabus_notifier_sent_last_5m", "Sent in the last 5 minutes", registry=registry)
+        self.failed_5m = Gauge("wabus_notifier_failed_last_5m", "Failed in the last 5 minutes", registry=registry)
+        self.active_broadcasts = Gauge("wabus_notifier_active_broadcasts", "Broadcasts still sending",
+                                       registry=registry)
+
+
+GAUGES = web.AppKey("gauges", NotificationGauges)
+
+_COUNTS = """
+SELECT count(*) FILTER (WHERE status IN ('queued', 'sending', 'unknown')) AS pending_count,
+       count(*) FILTER (WHERE status IN ('sent', 'delivered', 'read') AND sent_at > $2) AS sent_last_5m,
+       count(*) FILTER (WHERE status = 'failed' AND failed_at > $2) AS failed_last_5m,
+       (SELECT count(*) FROM broadcasts WHERE ($1::text IS NULL OR tenant_id = $1)
+          AND status IN ('accepted', 'queued', 'running')) AS active_broadcasts
+FROM notifications WHERE ($1::text IS NULL OR tenant_id = $1)
+  AND (status IN ('queued', 'sending', 'unknown') OR sent_at > $2 OR failed_at > $2)
+"""
+
+
+async def counts(conn, tenant_id: str | None, now: datetime) -> dict[str, int]:
+    return dict(await conn.fetchrow(_COUNTS, tenant_id, now - timedelta(minutes=5)))
+
+
+async def refresh_gauges(app: web.Application, every_s: float) -> None:
+    """The JSON metrics, for every tenant together, as Prometheus gauges."""
+    stopping = app[STOPPING]
+    while not stopping.is_set():
+        try:
+            async with asyncio.timeout(every_s), app[POOL].acquire() as conn:
+                current = await counts(conn, None, datetime.now(UTC))
+            gauges = app[GAUGES]
+            gauges.pending.set(current["pending_count"])
+            gauges.sent_5m.set(current["sent_last_5m"])
+            gauges.failed_5m.set(current["failed_last_5m"])
+            gauges.active_broadcasts.set(current["active_broadcasts"])
+        except Exception as exc:  # noqa: BLE001 - a missed refresh leaves the last values
+            log.warning("notification gauges not refreshed", extra={"error": str(exc)})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=every_s)
+
+
+class BroadcastBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    message: str | None = Field(None, min_length=1, max_length=4096)
+    template: str | None = None
+    parameters: dict[str, str | int | float] = Field(default_factory=dict)
+    language: str | None = None
+    recipients: list[str] = Field(min_length=1, max_length=100_000)
+
+    @model_validator(mode="after")
+    def _one_text(self) -> BroadcastBody:
+        if (self.message is None) == (self.template is None):
+            raise ValueError("give either a message or a template")
+        if self.template is not None and self.template not in templates.BUILT_IN:
+            raise ValueError(f"unknown template {self.template!r}; known: {sorted(templates.BUILT_IN)}")
+        return self
+
+
+async def _sender(conn, tenant_id: str) -> handlers.Sender:
+    try:
+        return await sender_of(conn, tenant_id)
+    except handlers.NoSender as exc:
+        raise Conflict(str(exc)) from None
+
+
+def _fingerprint(text: str, phones: list[str]) -> str:
+    return hashlib.sha256(json.dumps([text, sorted(phones)]).encode()).hexdigest()
+
+
+def _not_connected(session: str, why: str) -> web.Response:
+    response = problem(503, "WhatsApp session not connected", code="WHATSAPP_NOT_CONNECTED", session=session,
+                       reason=why)
+    response.headers["Retry-After"] = "30"
+    return response
+
+
+async def create_broadcast(request: web.Request) -> web.Response:
+    principal = await request.app[API_KEYS].authenticate(request, Role.STAFF)
+    raw = await request.read()
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return await _create_broadcast(request, principal, raw)
+    request_hash = hashlib.sha256(raw).hexdigest()
+    pool = request.app[POOL]
+    async with db.transaction(pool) as conn:
+        first = await conn.fetchval(
+            "INSERT INTO idempotency_keys (tenant_id, key, request_hash, created_at) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT DO NOTHING RETURNING true", principal.tenant_id, key, request_hash, datetime.now(UTC))
+        if not first:
+            earlier = await conn.fetchrow("SELECT request_hash, status_code, response FROM idempotency_keys"
+                                          " WHERE tenant_id = $1 AND key = $2", principal.tenant_id, key)
+    if not first:
+        if earlier["request_hash"] != request_hash:
+            return problem(422, "Idempotency-Key reused with a different body", field="Idempotency-Key",
+                           reason="this key was first used with another request body")
+        if earlier["status_code"] is None:
+            return problem(409, "a request with this Idempotency-Key is still in flight", field="Idempotency-Key")
+        return web.json_response(json.loads(earlier["response"]), status=earlier["status_code"],
+                                 headers={"Idempotent-Replayed": "true"})
+    try:
+        response = await _create_broadcast(request, principal, raw)
+    except BaseException:
+        # Nothing was kept: the key may be used again.
+        async with db.transaction(pool) as conn:
+            await conn.execute("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
+                               principal.tenant_id, key)
+        raise
+    if response.status >= 500:
+        async with db.transaction(pool) as conn:
+            await conn.execute("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
+                               principal.tenant_id, key)
+        return response
+    async with db.transaction(pool) as conn:
+        await conn.execute("UPDATE idempotency_keys SET status_code = $3, response = $4::jsonb"
+                           " WHERE tenant_id = $1 AND key = $2", principal.tenant_id, key, response.status,
+                           response.text)
+    return response
+
+
+async def _create_broadcast(request: web.Request, principal: Principal, raw: bytes) -> web.Response:
+    body = BroadcastBody.model_validate(json.loads(raw) if raw else {})
+    pool, sender_loop = request.app[POOL], request.app[SENDER]
+    async with pool.acquire() as conn:
+        sender = await _sender(conn, principal.tenant_id)
+        held = await conn.fetchrow("SELECT status, can_send FROM sessions WHERE session = $1", sender.session)
+    if held is not None and not held["can_send"]:
+        return _not_connected(sender.session, f"the session is {held['status']}")
+    check = await _session_check(sender_loop, sender.session, request)
+    if check is not None:
+        return check
+
+    language = templates.language_of(body.language, sender.locale)
+    text = body.message or templates.render(body.template, language, body.parameters, sender.templates)
+    valid: dict[str, int] = {}
+    invalid: list[dict[str, Any]] = []
+    for i, number in enumerate(body.recipients):
+        try:
+            phone = to_e164(number, sender.default_region)
+        except InvalidPhone as exc:
+            invalid.append({"index": i, "phone": number, "reason": exc.reason})
+            continue
+        valid.setdefault(phone, i)
+    if not valid:
+        return problem(400, "no valid recipient", field="recipients", total_recipients=len(body.recipients),
+                       invalid_recipients_count=len(invalid), invalid_recipients=invalid[:INVALID_SHOWN])
+
+    phones = list(valid)
+    fingerprint = _fingerprint(text, phones)
+    now = datetime.now(UTC)
+    async with db.transaction(pool) as conn:
+        # Two identical requests at once: the second waits here and finds the first.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))", principal.tenant_id,
+                           fingerprint)
+        existing = await conn.fetchval(
+            "SELECT id FROM broadcasts WHERE tenant_id = $1 AND fingerprint = $2 AND created_at > $3"
+            " ORDER BY created_at DESC LIMIT 1", principal.tenant_id, fingerprint,
+            now - timedelta(seconds=sender_loop.settings.duplicate_window_s))
+        if existing is not None:
+            return web.json_response({**await _broadcast_json(conn, principal.tenant_id, existing),
+                                      "idempotent": True})
+        opted_out = {r["phone"] for r in await conn.fetch(
+            "SELECT phone FROM opt_outs WHERE tenant_id = $1 AND phone = ANY($2::text[])", principal.tenant_id,
+            phones)}
+        to_send = [p for p in phones if p not in opted_out]
+        broadcast_id = uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO broadcasts (id, tenant_id, status, text, total, invalid, opted_out, fingerprint, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            broadcast_id, principal.tenant_id, "queued" if to_send else "completed", text, len(body.recipients),
+            len(invalid), len(opted_out), fingerprint, now)
+        await handlers.record(conn, sender, f"broadcast:{broadcast_id}",
+                              [Outgoing("broadcast", p, text) for p in to_send], now, broadcast_id=broadcast_id)
+        await conn.execute(WAKE_SENDER)
+        answer = await _broadcast_json(conn, principal.tenant_id, broadcast_id)
+    answer.update({"status": "accepted", "idempotent": False,
+                   "invalid_recipients": invalid[:INVALID_SHOWN], "opted_out_count": len(opted_out)})
+    log.info("broadcast accepted", extra={"broadcast_id": str(broadcast_id), "queued": len(to_send)})
+    return web.json_response(answer, status=202)
+
+
+async def _session_check(sender: Sender, session: str, request: web.Request) -> web.Response | None:
+    """Ask the provider whether the session can send. If it does not answer in time, accept: the
+    messages are held by the sender until the session can send, which is safer than refusing."""
+    try:
+        state = await asyncio.wait_for(sender.provider.session_state(session),
+                                       timeout=sender.settings.status_check_timeout_s)
+    except (TimeoutError, SendFailed) as exc:
+        log.warning("session check did not answer; broadcast accepted and held until the session can send",
+                    extra={"session": session, "error": str(exc)})
+        return None
+    if not state.can_send:
+        return _not_connected(session, f"the provider reports {state.provider_status}")
+    return None
+
+
+async def _broadcast_json(conn, tenant_id: str, broadcast_id: uuid.UUID, *, limit: int = ITEMS,
+                          offset: int = 0) -> dict[str, Any]:
+    b = await conn.fetchrow("SELECT id, status, text, total, invalid, opted_out, created_at, finished_at"
+                            " FROM broadcasts WHERE tenant_id = $1 AND id = $2", tenant_id, broadcast_id)
+    if b is None:
+        raise NotFound("no such broadcast")
+    by_status = {r["status"]: r["n"] for r in await conn.fetch(
+        "SELECT status, count(*) AS n FROM notifications WHERE broadcast_id = $1 GROUP BY status", broadcast_id)}
+    items = await conn.fetch(
+        "SELECT id, phone, status, reason, attempts, provider_message_id, sent_at, delivered_at, read_at"
+        " FROM notifications WHERE broadcast_id = $1 ORDER BY created_at, phone LIMIT $2 OFFSET $3",
+        broadcast_id, limit, offset)
+    queued = sum(by_status.values())
+    return {
+        "broadcast_id": str(b["id"]), "status": b["status"], "text": b["text"],
+        "total_recipients": b["total"], "queued_count": queued, "invalid_recipients_count": b["invalid"],
+        "opted_out_count": b["opted_out"], "counts": by_status,
+        "sent_count": sum(by_status.get(s, 0) for s in ("sent", "delivered", "read")),
+        "failed_count": by_status.get("failed", 0),
+        "created_at": b["created_at"].isoformat(), "finished_at": b["finished_at"] and b["finished_at"].isoformat(),
+        "items": [_json_row(r) for r in items], "offset": offset,
+        "next_offset": offset + limit if offset + limit < queued else None,
+    }
+
+
+def _json_row(row) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, uuid.UUID) else v.isoformat() if isinstance(v, datetime) else v)
+            for k, v in dict(row).items()}
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound(f"no such {what}") from None
+
+
+class Page(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    limit: int = Field(ITEMS, ge=1, le=1000)
+    offset: int = Field(0, ge=0)
+
+
+async def get_broadcast(request: web.Request) -> web.Response:
+    principal = await request.app[API_KEYS].authenticate(request, Role.VIEWER)
+    broadcast_id = _uuid(request.match_info["id"], "broadcast")
+    page = Page.model_validate(dict(request.query))
+    async with request.app[POOL].acquire() as conn:
+        return web.json_response(await _broadcast_json(conn, principal.tenant_id, broadcast_id, limit=page.limit,
+                                                       offset=page.offset))
+
+
+async def cancel_broadcast(request: web.Request) -> web.Response:
+    principal = await request.app[API_KEYS].authenticate(request, Role.STAFF)
+    broadcast_id = _uuid(request.match_info["id"], "broadcast")
+    async with db.transaction(request.app[POOL]) as conn:
+        status = await conn.fetchval("SELECT status FROM broadcasts WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+                                     principal.tenant_id, broadcast_id)
+        if status is None:
+            raise NotFound("no such broadcast")
+        if status in ("accepted", "queued", "running"):
+            # What is already with the provider goes on; what is still queued does not.
+            await conn.execute("UPDATE notifications SET status = 'cancelled', reason = 'broadcast cancelled'"
+                               " WHERE broadcast_id = $1 AND status = 'queued'", broadcast_id)
+            await conn.execute("UPDATE broadcasts SET status = 'cancelled', finished_at = $2 WHERE id = $1",
+                               broadcast_id, datetime.now(UTC))
+        answer = await _broadcast_json(conn, principal.tenant_id, broadcast_id)
+    return web.json_response(answer)
+
+
+class NotificationQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    status: str = Field("failed", pattern="^(queued|sending|unknown|sent|delivered|read|failed|cancelled)$")
+    limit: int = Field(100, ge=1, le=1000)
+
+
+async def list_notifications(request: web.Request) -> web.Response:
+    principal = await request.app[API_KEYS].authenticate(request, Role.VIEWER)
+    query = NotificationQuery.model_validate(dict(request.query))
+    async with request.app[POOL].acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT id, kind, phone, text, status, reason, attempts, provider_message_id, broadcast_id, created_at,"
+            " sent_at, failed_at FROM notifications WHERE tenant_id = $1 AND status = $2"
+            " ORDER BY created_at DESC LIMIT $3", principal.tenant_id, query.status, query.limit)
+    return web.json_response({"items": [_json_row(r) for r in rows]})
+
+
+async def retry_notifications(request: web.Request) -> web.Response:
+    """Failed notifications back in the queue: one (`/{id}/retry`) or all of the tenant's (`/retry`)."""
+    principal = await request.app[API_KEYS].authenticate(request, Role.STAFF)
+    one = request.match_info.get("id")
+    notification_id = _uuid(one, "notification") if one else None
+    now = datetime.now(UTC)
+    async with db.transaction(request.app[POOL]) as conn:
+        rows = await conn.fetch(
+            "UPDATE notifications SET status = 'queued', attempts = 0, next_attempt_at = $3, failed_at = NULL"
+            " WHERE tenant_id = $1 AND status = 'failed' AND ($2::uuid IS NULL OR id = $2)"
+            " AND phone NOT LIKE 'invalid:%' RETURNING id, broadcast_id", principal.tenant_id, notification_id, now)
+        if one and not rows:
+            raise NotFound("no such failed notification")
+        for broadcast_id in {r["broadcast_id"] for r in rows if r["broadcast_id"]}:
+            await outbox.add(conn, await broadcast_progress(conn, broadcast_id, now))
+        await conn.execute(WAKE_SENDER)
+    return web.json_response({"retried": len(rows)})
+
+
+async def notification_metrics(request: web.Request) -> web.Response:
+    principal = await request.app[API_KEYS].authenticate(request, Role.VIEWER)
+    async with request.app[POOL].acquire() as conn:
+        return web.json_response(await counts(conn, principal.tenant_id, datetime.now(UTC)))
+
+
+async def session_status(request: web.Request) -> web.Response:
+    principal = await request.app[API_KEYS].authenticate(request, Role.VIEWER)
+    async with request.app[POOL].acquire() as conn:
+        sender = await _sender(conn, principal.tenant_id)
+        row = await conn.fetchrow("SELECT status, connected, can_send, source, changed_at, checked_at FROM sessions"
+                                  " WHERE session = $1", sender.session)
+    known = _json_row(row) if row else {"status": "unknown", "connected": None, "can_send": None}
+    return web.json_response({"session": sender.session, "provider": request.app[SENDER].provider.provider.value,
+                              **known})
+
+
+routes = [
+    web.post("/v1/broadcasts", create_broadcast),
+    web.get("/v1/broadcasts/{id}", get_broadcast),
+    web.post("/v1/broadcasts/{id}/cancel", cancel_broadcast),
+    web.get("/v1/notifications", list_notifications),
+    web.post("/v1/notifications/retry", retry_notifications),
+    web.post("/v1/notifications/{id}/retry", retry_notifications),
+    web.get("/v1/notifications/metrics", notification_metrics),
+    web.get("/v1/session", session_status),
+]

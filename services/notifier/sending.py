@@ -1,0 +1,458 @@
+"""The sender: takes queued notifications to the provider, under each session's limits.
+
+One replica sends at a time (a session-level advisory lock, as the outbox relay), so a session's
+concurrency and rate limits hold across replicas. A row is marked `sending` in its own committed
+transaction before the provider is called: after a crash, a row still `sending` is an unknown
+outcome, reconciled before anything is sent again — never blindly resent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shared.events import db, outbox
+from shared.events.catalog import BroadcastStatusChanged, NotificationStatusChanged, Provider
+from shared.events.envelope import Envelope
+from shared.events.logs import log_context, mask_phone
+
+from . import receipts
+from .providers import FailureKind, SendFailed, SendingProvider, Sent
+from .settings import NotifierSettings
+
+log = logging.getLogger(__name__)
+
+_LOCK = "SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext('notifier-sender'))"
+CHANNEL = "notifier.due"
+# Providers whose sent messages can be looked up: an unknown outcome there is settled by asking.
+LOOKS_UP = {Provider.WAHA, Provider.LOG}
+
+_DUE_SESSIONS = """
+SELECT DISTINCT session FROM notifications WHERE status = 'queued' AND next_attempt_at <= $1
+"""
+
+_CLAIM = """
+UPDATE notifications SET status = 'sending', sending_since = $3, attempts = attempts + 1
+WHERE id IN (
+    SELECT id FROM notifications WHERE status = 'queued' AND session = $1 AND next_attempt_at <= $3
+    ORDER BY next_attempt_at, created_at LIMIT $2 FOR UPDATE SKIP LOCKED
+)
+RETURNING id, tenant_id, session, phone, text, attempts, sending_since, broadcast_id
+"""
+
+_HELD_SESSIONS = "SELECT session FROM sessions WHERE NOT can_send"
+
+
+class SenderMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.send_seconds = Histogram("wabus_notifier_send_seconds", "Provider send latency", ["provider", "outcome"],
+                                      registry=registry)
+        self.provider_errors = Counter("wabus_notifier_provider_errors_total", "Provider errors by kind",
+                                       ["provider", "kind"], registry=registry)
+        self.circuit = Gauge("wabus_notifier_circuit_state", "0 closed, 1 open, 2 half-open", ["session"],
+                             registry=registry)
+        self.unknown = Counter("wabus_notifier_unknown_outcomes_total",
+                               "Sends with no answer, by what became of them", ["resolution"], registry=registry)
+        self.session_can_send = Gauge("wabus_notifier_session_can_send", "1 when the session can send",
+                                      ["session"], registry=registry)
+        self.session_connected = Gauge("wabus_notifier_session_connected", "1 when the session is linked",
+                                       ["session"], registry=registry)
+
+
+@dataclass
+class SessionGate:
+    """A session's limits: in-flight sends, a token bucket, and a circuit breaker."""
+
+    max_in_flight: int
+    rate_per_s: float  # 0: unlimited
+    burst: float
+    breaker_failures: int
+    breaker_cooldown_s: float
+    in_flight: int = 0
+    tokens: float = 0.0
+    refilled: float = field(default_factory=time.monotonic)
+    paused_until: float = 0.0
+    failures: int = 0
+    open_until: float = 0.0
+    probing: bool = False
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+
+    def capacity(self, now: float) -> int:
+        if now < self.paused_until:
+            return 0
+        if self.open_until:
+            if now < self.open_until or self.probing:
+                return 0
+            self.probing = True  # half-open: one send decides
+            return 1 if self.in_flight == 0 else 0
+        free = self.max_in_flight - self.in_flight
+        if self.rate_per_s <= 0:
+            return max(0, free)
+        self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate_per_s)
+        self.refilled = now
+        return max(0, min(free, int(self.tokens)))
+
+    def took(self, n: int) -> None:
+        self.in_flight += n
+        if self.rate_per_s > 0:
+            self.tokens -= n
+
+    def next_token_in(self) -> float:
+        if self.rate_per_s <= 0:
+            return 0.0
+        return max(0.0, (1 - self.tokens) / self.rate_per_s)
+
+    def succeeded(self) -> None:
+        self.failures, self.open_until, self.probing = 0, 0.0, False
+
+    def failed(self, now: float) -> None:
+        self.failures += 1
+        if self.probing or self.failures >= self.breaker_failures:
+            self.open_until, self.probing = now + self.breaker_cooldown_s, False
+
+    def pause(self, now: float, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, now + seconds)
+
+    @property
+    def state(self) -> int:
+        return 0 if not self.open_until else (2 if self.probing else 1)
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
+    return min(max_s, base_s * 2 ** max(0, attempt - 1))
+
+
+class Sender:
+    def __init__(self, *, pool: asyncpg.Pool, dsn: str, provider: SendingProvider, settings: NotifierSettings,
+                 metrics: SenderMetrics, connect_timeout_s: float,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        self._pool = pool
+        self._dsn = dsn
+        self.provider = provider
+        self.settings = self._s = settings
+        self._metrics = metrics
+        self._connect_timeout_s = connect_timeout_s
+        self._clock = clock
+        self._gates: dict[str, SessionGate] = {}
+        self._wake = asyncio.Event()
+        self._lock_conn: asyncpg.Connection | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._last_poll = 0.0
+
+    @property
+    def is_active(self) -> bool:
+        return self._lock_conn is not None
+
+    def wake(self, *_: object) -> None:
+        self._wake.set()
+
+    def gate(self, session: str) -> SessionGate:
+        if session not in self._gates:
+            s = self._s
+            self._gates[session] = SessionGate(s.max_in_flight_per_session, s.rate_per_s, s.rate_burst,
+                                               s.breaker_failures, s.breaker_cooldown_s)
+        return self._gates[session]
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            delay = self._s.idle_poll_s
+            try:
+                if not self.is_active:
+                    await self._try_lead()
+                if self.is_active:
+                    await self._lock_conn.fetchval("SELECT 1")  # still leading: the lock lives with it
+                    await self._poll_sessions()
+                    await self._reconcile_unknown()
+                    delay = await self._dispatch()
+            except (db.DatabaseUnavailable, *db.CONNECTION_ERRORS, asyncpg.InterfaceError, OSError,
+                    TimeoutError) as exc:
+                log.warning("sender paused: database unavailable", extra={"error": str(exc)})
+                await self._resign()
+            except Exception:  # noqa: BLE001 - the sender must outlive any one bad pass
+                log.exception("sender pass failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_first(self._wake.wait(), stopping.wait()), timeout=delay)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self._s.send_timeout_s + 5)
+        await self._resign()
+
+    async def _try_lead(self) -> None:
+        conn = await db.connect(self._dsn, "notifier", timeout=self._connect_timeout_s)
+        if not await conn.fetchval(_LOCK):
+            await conn.close()
+            return
+        await conn.add_listener(CHANNEL, self.wake)
+        self._lock_conn = conn
+        # Rows a crashed sender left mid-send: nobody knows whether they went out.
+        async with db.transaction(self._pool) as tx:
+            stranded = await tx.execute(
+                "UPDATE notifications SET status = 'unknown', reason = 'the sender stopped during the send'"
+                " WHERE status = 'sending'")
+        log.info("sender active", extra={"stranded_sends": int(stranded.split()[-1])})
+
+    async def _resign(self) -> None:
+        conn, self._lock_conn = self._lock_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=2)
+            if not conn.is_closed():
+                conn.terminate()
+
+    async def _dispatch(self) -> float:
+        """Start what each session may send now; return how long to sleep before looking again."""
+        now_dt, now = self._clock(), time.monotonic()
+        async with self._pool.acquire() as conn:
+            held = {r["session"] for r in await conn.fetch(_HELD_SESSIONS)}
+            sessions = [r["session"] for r in await conn.fetch(_DUE_SESSIONS, now_dt)]
+        next_look = self._s.idle_poll_s
+        for session in sessions:
+            if session in held:
+                continue
+            gate = self.gate(session)
+            room = gate.capacity(now)
+            self._metrics.circuit.labels(session).set(gate.state)
+            if room <= 0:
+                next_look = min(next_look, max(0.01, gate.next_token_in()), 0.05)
+                continue
+            async with db.transaction(self._pool) as conn:
+                rows = await conn.fetch(_CLAIM, session, min(room, self._s.claim_batch), now_dt)
+            gate.took(len(rows))
+            for row in rows:
+                task = asyncio.create_task(self._send(row, gate))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if len(rows) == room:
+                next_look = min(next_look, gate.next_token_in() or 0.0)
+        return next_look
+
+    async def _send(self, row: asyncpg.Record, gate: SessionGate) -> None:
+        with log_context(notification_id=row["id"], tenant_id=row["tenant_id"]):
+            started = time.perf_counter()
+            try:
+                sent = await asyncio.wait_for(self.provider.send_text(row["session"], row["phone"], row["text"]),
+                                              timeout=self._s.send_timeout_s)
+            except TimeoutError:
+                sent = SendFailed(FailureKind.OUTCOME_UNKNOWN, f"no answer within {self._s.send_timeout_s:g} s")
+            except SendFailed as exc:
+                sent = exc
+            except Exception as exc:  # noqa: BLE001 - a bug in an adapter is an unknown outcome, not a crash
+                log.exception("send failed unexpectedly")
+                sent = SendFailed(FailureKind.OUTCOME_UNKNOWN, f"{type(exc).__name__}: {exc}")
+            finally:
+                gate.in_flight -= 1
+            outcome = "sent" if isinstance(sent, Sent) else sent.kind.value
+            self._metrics.send_seconds.labels(self.provider.provider.value, outcome).observe(
+                time.perf_counter() - started)
+            try:
+                await db_retrying(lambda: self._record(row, sent, gate))
+            except Exception:  # noqa: BLE001 - the row stays `sending`: reconciled as an unknown outcome
+                log.exception("could not record a send's outcome")
+            self.wake()
+
+    async def _record(self, row: asyncpg.Record, result: Sent | SendFailed, gate: SessionGate) -> None:
+        now, mono = self._clock(), time.monotonic()
+        async with db.transaction(self._pool) as conn:
+            if isinstance(result, Sent):
+                gate.succeeded()
+                events = await self._mark_sent(conn, row["id"], row["tenant_id"], result.provider_message_id, now)
+                log.info("notification sent", extra={"to": mask_phone(row["phone"]),
+                                                     "provider_message_id": result.provider_message_id})
+            else:
+                events = await self._failed(conn, row, result, gate, now, mono)
+            if row["broadcast_id"] is not None:
+                events += await broadcast_progress(conn, row["broadcast_id"], now)
+            await outbox.add(conn, events)
+
+    async def _mark_sent(self, conn: asyncpg.Connection, notification_id: uuid.UUID, tenant_id: str,
+                         provider_message_id: str, now: datetime) -> list[Envelope]:
+        await conn.execute(
+            "UPDATE notifications SET status = 'sent', provider_message_id = $2, sent_at = $3, reason = NULL"
+            " WHERE id = $1", notification_id, provider_message_id, now)
+        events = [Envelope.new(NotificationStatusChanged(notification_id=str(notification_id), status="sent",
+                                                         provider_message_id=provider_message_id),
+                               tenant_id=tenant_id)]
+        return events + await receipts.apply_early(conn, notification_id, tenant_id, "sent", provider_message_id)
+
+    async def _failed(self, conn: asyncpg.Connection, row: asyncpg.Record, failure: SendFailed, gate: SessionGate,
+                      now: datetime, mono: float) -> list[Envelope]:
+        kind = failure.kind
+        self._metrics.provider_errors.labels(self.provider.provider.value, kind.value).inc()
+        log.warning("send failed", extra={"kind": kind.value, "reason": failure.reason, "attempt": row["attempts"]})
+        if kind is FailureKind.OUTCOME_UNKNOWN:
+            await conn.execute("UPDATE notifications SET status = 'unknown', reason = $2 WHERE id = $1",
+                               row["id"], failure.reason)
+            return []
+        if kind is FailureKind.SESSION_NOT_READY:
+            # Not the message's fault: hold the session, give the attempt back.
+            await conn.execute(
+                "UPDATE notifications SET status = 'queued', attempts = attempts - 1, reason = $2 WHERE id = $1",
+                row["id"], failure.reason)
+            await hold_session(conn, row["session"], failure.reason, now)
+            self._metrics.session_can_send.labels(row["session"]).set(0)
+            return []
+        if failure.transient:
+            if kind is FailureKind.RATE_LIMITED:
+                gate.pause(mono, failure.retry_after_s or self._s.retry_base_s)
+            else:
+                gate.failed(mono)
+            if row["attempts"] < self._s.max_attempts:
+                delay = failure.retry_after_s or backoff_s(row["attempts"], self._s.retry_base_s, self._s.retry_max_s)
+                await conn.execute(
+                    "UPDATE notifications SET status = 'queued', next_attempt_at = $2, reason = $3 WHERE id = $1",
+                    row["id"], now + timedelta(seconds=delay), failure.reason)
+                return []
+            reason = f"gave up after {row['attempts']} attempts: {failure.reason}"
+        else:
+            reason = failure.reason
+        await conn.execute("UPDATE notifications SET status = 'failed', reason = $2, failed_at = $3 WHERE id = $1",
+                           row["id"], reason, now)
+        return [Envelope.new(NotificationStatusChanged(notification_id=str(row["id"]), status="failed",
+                                                       reason=reason), tenant_id=row["tenant_id"])]
+
+    # --- unknown outcomes and session health --------------------------------------------------
+
+    async def _reconcile_unknown(self) -> None:
+        """Settle sends nobody answered: found at the provider → sent; else resend only where we can look."""
+        now = self._clock()
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT id, tenant_id, session, phone, text, sending_since, broadcast_id FROM notifications"
+                " WHERE (status = 'unknown' AND sending_since <= $1) OR (status = 'sending' AND sending_since <= $2)"
+                " ORDER BY sending_since LIMIT 100",
+                now - timedelta(seconds=self._s.reconcile_after_s),
+                # A send whose outcome could not be recorded: as unknown as one never answered.
+                now - timedelta(seconds=self._s.send_timeout_s + self._s.reconcile_after_s + 30))
+        for row in rows:
+            with log_context(notification_id=row["id"], tenant_id=row["tenant_id"]):
+                try:
+                    found = await asyncio.wait_for(self.provider.find_sent(
+                        row["session"], row["phone"], row["text"], row["sending_since"] - timedelta(seconds=5)),
+                        timeout=self._s.send_timeout_s)
+                except (SendFailed, TimeoutError) as exc:
+                    log.warning("reconciliation postponed", extra={"error": str(exc)})
+                    continue
+                async with db.transaction(self._pool) as conn:
+                    if await conn.fetchval("SELECT status FROM notifications WHERE id = $1 FOR UPDATE",
+                                           row["id"]) not in ("unknown", "sending"):
+                        continue
+                    if found:
+                        events = await self._mark_sent(conn, row["id"], row["tenant_id"], found, now)
+                        resolution = "found_sent"
+                    elif self.provider.provider in LOOKS_UP:
+                        await conn.execute(
+                            "UPDATE notifications SET status = 'queued', next_attempt_at = $2, reason ="
+                            " 'not found at the provider after an unanswered send: sent again' WHERE id = $1",
+                            row["id"], now)
+                        events, resolution = [], "resent"
+                    else:
+                        reason = ("the send was not answered and this provider cannot be asked whether it went"
+                                  " out: not sent again, to never send twice")
+                        await conn.execute("UPDATE notifications SET status = 'failed', reason = $2, failed_at = $3"
+                                           " WHERE id = $1", row["id"], reason, now)
+                        events = [Envelope.new(NotificationStatusChanged(
+                            notification_id=str(row["id"]), status="failed", reason=reason),
+                            tenant_id=row["tenant_id"])]
+                        resolution = "given_up"
+                    if row["broadcast_id"] is not None:
+                        events += await broadcast_progress(conn, row["broadcast_id"], now)
+                    await outbox.add(conn, events)
+                self._metrics.unknown.labels(resolution).inc()
+                log.info("unknown outcome settled", extra={"resolution": resolution})
+
+    async def _poll_sessions(self) -> None:
+        if time.monotonic() - self._last_poll < self._s.session_poll_s:
+            return
+        self._last_poll = time.monotonic()
+        async with self._pool.acquire() as conn:
+            sessions = [r["session"] for r in await conn.fetch(
+                "SELECT DISTINCT session FROM notifications WHERE status = 'queued'"
+                " UNION SELECT session FROM sessions")]
+        for session in sessions:
+            try:
+                state = await asyncio.wait_for(self.provider.session_state(session), timeout=self._s.send_timeout_s)
+            except (SendFailed, TimeoutError) as exc:
+                log.warning("session check failed", extra={"session": session, "error": str(exc)})
+                continue
+            now = self._clock()
+            async with db.transaction(self._pool) as conn:
+                await conn.execute(
+                    "INSERT INTO sessions (session, status, connected, can_send, source, changed_at, checked_at)"
+                    " VALUES ($1, $2, $3, $4, 'poll', $5, $5) ON CONFLICT (session) DO UPDATE SET"
+                    " status = EXCLUDED.status, connected = EXCLUDED.connected, can_send = EXCLUDED.can_send,"
+                    " source = 'poll', changed_at = CASE WHEN sessions.can_send = EXCLUDED.can_send"
+                    " THEN sessions.changed_at ELSE EXCLUDED.changed_at END, checked_at = EXCLUDED.checked_at",
+                    session, state.status.value, state.connected, state.can_send, now)
+            self._metrics.session_can_send.labels(session).set(int(state.can_send))
+            self._metrics.session_connected.labels(session).set(int(state.connected))
+
+
+async def hold_session(conn: asyncpg.Connection, session: str, reason: str, now: datetime) -> None:
+    await conn.execute(
+        "INSERT INTO sessions (session, status, connected, can_send, source, changed_at, checked_at)"
+        " VALUES ($1, 'not_ready', false, false, 'send', $2, $2) ON CONFLICT (session) DO UPDATE SET"
+        " can_send = false, source = 'send', changed_at = $2, checked_at = $2", session, now)
+
+
+_PROGRESS = """
+SELECT count(*) FILTER (WHERE status IN ('queued', 'sending', 'unknown')) AS pending,
+       count(*) FILTER (WHERE status IN ('sent', 'delivered', 'read')) AS sent,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) AS total
+FROM notifications WHERE broadcast_id = $1
+"""
+
+
+async def broadcast_progress(conn: asyncpg.Connection, broadcast_id: uuid.UUID, now: datetime) -> list[Envelope]:
+    """Move a broadcast along: running while recipients are pending, then completed, partial or failed."""
+    current = await conn.fetchrow("SELECT tenant_id, status FROM broadcasts WHERE id = $1 FOR UPDATE", broadcast_id)
+    if current is None or current["status"] == "cancelled":
+        return []
+    p = await conn.fetchrow(_PROGRESS, broadcast_id)
+    if p["pending"]:
+        status = "running"
+    elif p["failed"] == 0:
+        status = "completed"
+    elif p["sent"] == 0:
+        status = "failed"
+    else:
+        status = "partial"
+    if status == current["status"]:
+        return []
+    await conn.execute("UPDATE broadcasts SET status = $2::text,"
+                       " finished_at = CASE WHEN $2::text <> 'running' THEN $3::timestamptz END WHERE id = $1",
+                       broadcast_id, status, now)
+    return [Envelope.new(BroadcastStatusChanged(broadcast_id=str(broadcast_id), status=status, total=p["total"],
+                                                sent=p["sent"], failed=p["failed"]), tenant_id=current["tenant_id"])]
+
+
+async def db_retrying(work, attempts: int = 5):
+    for attempt in range(attempts):
+        try:
+            return await work()
+        except (db.DatabaseUnavailable, *db.CONNECTION_ERRORS):
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+
+
+async def _first(*waits) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
