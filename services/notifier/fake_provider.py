@@ -461,7 +461,8 @@ class FakeProvider:
                     log.warning("ack webhook refused", extra={"url": url, "ack": ack, "status": response.status})
         except (aiohttp.ClientError, TimeoutError) as exc:
             # A real provider retries or drops; the fake logs and carries on.
-            log.warning("ack webhook failed", extra={"url": url, "ack": ack, "error": repr(exc)})
+            log.warning("ack webhook failed", extra={"url": url, "ack": ack,
+                                                     "error": f"{type(exc).__name__}: {exc}".rstrip(": ")})
 
     # --- control, over HTTP ------------------------------------------------------------------
 

@@ -24,9 +24,9 @@ DEFAULT_TIMEOUT_S = 15.0
 # Well under the total, so a connect that hangs is told apart from a request that was written.
 CONNECT_TIMEOUT_S = 5.0
 META_API_VERSION = "v23.0"
+# Evolution has none: its usual port, 8080, is the gateway's, and a send there would fail obscurely.
 DEFAULT_BASE_URLS = {
     Provider.WAHA: "http://127.0.0.1:3000",
-    Provider.EVOLUTION: "http://127.0.0.1:8080",
     Provider.META: "https://graph.facebook.com",
 }
 _REASON_LIMIT = 300
@@ -109,9 +109,11 @@ def build_provider(name: str | Provider, *, http: aiohttp.ClientSession | None =
     provider = Provider(name)
     if provider is Provider.LOG:
         return LogProvider()
+    url = base_url or DEFAULT_BASE_URLS.get(provider)
+    if url is None:
+        raise ValueError(f"the {provider} provider needs its base URL (WABUS_PROVIDER_URL)")
     if http is None:
         raise ValueError(f"the {provider} provider sends over HTTP and needs a client session")
-    url = base_url or DEFAULT_BASE_URLS[provider]
     match provider:
         case Provider.WAHA:
             return WahaProvider(http, url, api_key=api_key, timeout_s=timeout_s)

@@ -12,6 +12,7 @@ from services.notifier.providers import (
     FailureKind,
     SendFailed,
     Sent,
+    build_provider,
     evolution,
     failure_by_status,
     masked,
@@ -20,7 +21,7 @@ from services.notifier.providers import (
     retry_after_seconds,
     waha,
 )
-from shared.events.catalog import SessionStatus
+from shared.events.catalog import Provider, SessionStatus
 from tests.samples import sample_bytes
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -61,6 +62,14 @@ def test_retry_after_reads_seconds_and_http_dates(value, seconds):
 ])
 def test_http_status_alone_decides_when_the_provider_says_nothing_more(status, kind):
     assert failure_by_status(answer(status, ""), "").kind is kind
+
+
+def test_build_provider_refuses_a_setup_that_cannot_send():
+    with pytest.raises(ValueError, match="base URL"):
+        build_provider("evolution")  # no default: Evolution's usual port is the gateway's
+    with pytest.raises(ValueError, match="client session"):
+        build_provider("waha")
+    assert build_provider("log").provider is Provider.LOG
 
 
 def test_transient_failures_are_the_ones_safe_to_try_again():
