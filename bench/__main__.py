@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from . import ingest
+from . import broadcast, ingest
 
 
 def main(argv: list[str]) -> int:
@@ -15,9 +15,14 @@ def main(argv: list[str]) -> int:
     ingest_parser = sub.add_parser(
         "ingest", help="webhook ingest: fixed rate and max rate, wabus vs a Celery + Flask baseline")
     ingest.add_arguments(ingest_parser)
+    broadcast_parser = sub.add_parser(
+        "broadcast", help="a 10,000-recipient broadcast: API answer time and one notifier's sends per second")
+    broadcast.add_arguments(broadcast_parser)
     args = parser.parse_args(argv)
     if args.benchmark == "ingest":
         return asyncio.run(ingest.run(args, argv))
+    if args.benchmark == "broadcast":
+        return asyncio.run(broadcast.run(args))
     return 2
 
 

@@ -28,6 +28,7 @@ def build(common: CommonSettings, own: NotifierSettings) -> ServiceSpec:
         app[api.SENDER] = sender
         app[api.GAUGES] = api.NotificationGauges(app[METRICS].registry)
         tasks = [asyncio.create_task(sender.run(app[STOPPING]), name="notifier-sender"),
+                 asyncio.create_task(sender.record_outcomes(app[STOPPING]), name="notifier-outcomes"),
                  asyncio.create_task(api.refresh_gauges(app, own.gauges_every_s), name="notifier-gauges")]
         yield
         await asyncio.gather(*tasks)

@@ -148,6 +148,7 @@ class Sender:
         self._wake = asyncio.Event()
         self._lock_conn: asyncpg.Connection | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._outcomes: asyncio.Queue = asyncio.Queue()
         self._last_poll = 0.0
 
     @property
@@ -257,25 +258,61 @@ class Sender:
             outcome = "sent" if isinstance(sent, Sent) else sent.kind.value
             self._metrics.send_seconds.labels(self.provider.provider.value, outcome).observe(
                 time.perf_counter() - started)
+            if isinstance(sent, Sent):
+                gate.succeeded()
+                log.info("notification sent", extra={"to": mask_phone(row["phone"]),
+                                                     "provider_message_id": sent.provider_message_id})
+            await self._outcomes.put((row, sent, gate))
+
+    async def record_outcomes(self, stopping: asyncio.Event) -> None:
+        """Write send outcomes in batches: one transaction for whatever finished meanwhile."""
+        while not (stopping.is_set() and self._outcomes.empty() and not self._tasks):
             try:
-                await db_retrying(lambda: self._record(row, sent, gate))
-            except Exception:  # noqa: BLE001 - the row stays `sending`: reconciled as an unknown outcome
-                log.exception("could not record a send's outcome")
+                first = await asyncio.wait_for(self._outcomes.get(), timeout=0.5)
+            except TimeoutError:
+                continue
+            batch = [first]
+            while not self._outcomes.empty() and len(batch) < self._s.claim_batch:
+                batch.append(self._outcomes.get_nowait())
+            try:
+                await db_retrying(lambda: self._record(batch))
+            except Exception:  # noqa: BLE001 - the rows stay `sending`: reconciled as unknown outcomes
+                log.exception("could not record send outcomes", extra={"count": len(batch)})
             self.wake()
 
-    async def _record(self, row: asyncpg.Record, result: Sent | SendFailed, gate: SessionGate) -> None:
+    async def _record(self, batch: list[tuple[asyncpg.Record, Sent | SendFailed, SessionGate]]) -> None:
         now, mono = self._clock(), time.monotonic()
         async with db.transaction(self._pool) as conn:
-            if isinstance(result, Sent):
-                gate.succeeded()
-                events = await self._mark_sent(conn, row["id"], row["tenant_id"], result.provider_message_id, now)
-                log.info("notification sent", extra={"to": mask_phone(row["phone"]),
-                                                     "provider_message_id": result.provider_message_id})
-            else:
-                events = await self._failed(conn, row, result, gate, now, mono)
-            if row["broadcast_id"] is not None:
-                events += await broadcast_progress(conn, row["broadcast_id"], now)
+            sent = [(row, result) for row, result, _ in batch if isinstance(result, Sent)]
+            events = await self._mark_all_sent(conn, sent, now)
+            for row, result, gate in batch:
+                if not isinstance(result, Sent):
+                    events += await self._failed(conn, row, result, gate, now, mono)
+            for broadcast_id in {row["broadcast_id"] for row, _, _ in batch if row["broadcast_id"] is not None}:
+                events += await broadcast_progress(conn, broadcast_id, now)
             await outbox.add(conn, events)
+
+    async def _mark_all_sent(self, conn: asyncpg.Connection, sent: list[tuple[asyncpg.Record, Sent]],
+                             now: datetime) -> list[Envelope]:
+        """Many sends at once: one statement for the rows, then any acks that came before their answer."""
+        if not sent:
+            return []
+        ids, message_ids = [row["id"] for row, _ in sent], [result.provider_message_id for _, result in sent]
+        await conn.execute(
+            "UPDATE notifications n SET status = 'sent', provider_message_id = s.message_id, sent_at = $3,"
+            " reason = NULL FROM unnest($1::uuid[], $2::text[]) AS s(id, message_id) WHERE n.id = s.id",
+            ids, message_ids, now)
+        events = [Envelope.new(NotificationStatusChanged(notification_id=str(row["id"]), status="sent",
+                                                         provider_message_id=result.provider_message_id),
+                               tenant_id=row["tenant_id"]) for row, result in sent]
+        early = {r["provider_message_id"] for r in await conn.fetch(
+            "SELECT DISTINCT provider_message_id FROM early_acks WHERE provider_message_id = ANY($1::text[])",
+            message_ids)}
+        for row, result in sent:
+            if result.provider_message_id in early:
+                events += await receipts.apply_early(conn, row["id"], row["tenant_id"], "sent",
+                                                     result.provider_message_id)
+        return events
 
     async def _mark_sent(self, conn: asyncpg.Connection, notification_id: uuid.UUID, tenant_id: str,
                          provider_message_id: str, now: datetime) -> list[Envelope]:
