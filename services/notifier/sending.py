@@ -275,7 +275,7 @@ class Sender:
             while not self._outcomes.empty() and len(batch) < self._s.claim_batch:
                 batch.append(self._outcomes.get_nowait())
             try:
-                await db_retrying(lambda: self._record(batch))
+                await db_retrying(lambda batch=batch: self._record(batch))
             except Exception:  # noqa: BLE001 - the rows stay `sending`: reconciled as unknown outcomes
                 log.exception("could not record send outcomes", extra={"count": len(batch)})
             self.wake()

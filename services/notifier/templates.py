@@ -6,6 +6,7 @@ A text whose placeholder has no value renders it empty rather than failing the n
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 
@@ -110,4 +111,4 @@ def render(kind: str, language: str, values: Mapping[str, object], overrides: Ma
         filled["wait"] = _MINUTES[language].format(max(1, round(float(filled["wait_s"]) / 60)))
     rendered = string.Formatter().vformat(text, (), _Blank({k: v for k, v in filled.items() if v is not None}))
     # A missing name leaves ", it's your turn": drop what leads the text in.
-    return " ".join(rendered.split()).lstrip(",،: ")
+    return re.sub(r"\s+([,،])", r"\1", " ".join(rendered.split())).lstrip(",،: ")
