@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -14,7 +15,7 @@ from typing import Any
 
 import aiormq
 import asyncpg
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
 from . import db, outbox
 from .catalog import decode
@@ -240,25 +241,36 @@ class DeadLetterCollector:
 
 
 class QueueWorker:
-    """Feeds one queue's deliveries to `process`, acking each one on its own after it settles."""
+    """Feeds one queue's deliveries to `process`, acking each one on its own after it settles.
+
+    An ordered queue (one active consumer) hands over to another replica the moment this one stops
+    consuming. So on stop it does not cancel: it lets the deliveries being processed finish and
+    acks them, leaves anything that arrives meanwhile untouched, and closes its channel, which
+    returns those to the head of the queue before the next consumer takes over.
+    """
 
     def __init__(self, queue_name: str, prefetch: int, process: Callable[[AbstractIncomingMessage], Awaitable[bool]],
-                 *, stop_timeout_s: float):
+                 *, stop_timeout_s: float, ordered: bool = False):
         self.queue_name = queue_name
         self._prefetch = prefetch
         self._process = process
         self._stop_timeout_s = stop_timeout_s
+        self._ordered = ordered
+        self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._inflight: set[asyncio.Task] = set()
+        self._stopping = False
 
     async def start(self, connection: AbstractRobustConnection) -> None:
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=self._prefetch)
-        self._queue = await channel.get_queue(self.queue_name, ensure=True)
+        self._channel = await connection.channel()
+        await self._channel.set_qos(prefetch_count=self._prefetch)
+        self._queue = await self._channel.get_queue(self.queue_name, ensure=True)
         self._tag = await self._queue.consume(self._on_message)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self._ordered and self._stopping:
+            return  # left unsettled: the channel's close returns it, ahead of what follows it
         task = asyncio.current_task()
         assert task is not None
         self._inflight.add(task)
@@ -270,7 +282,7 @@ class QueueWorker:
         try:
             if settled:
                 await message.ack()
-            else:
+            elif not (self._ordered and self._stopping):
                 # Back to the queue now rather than holding a prefetch slot until the channel dies;
                 # the queue's delivery limit stops a message that can never settle.
                 await message.nack(requeue=True)
@@ -283,13 +295,17 @@ class QueueWorker:
 
     async def stop(self) -> None:
         """Stop taking deliveries, then let the ones in flight finish."""
-        if self._queue is not None and self._tag is not None:
+        self._stopping = True
+        if not self._ordered and self._queue is not None and self._tag is not None:
             try:
                 await asyncio.wait_for(self._queue.cancel(self._tag), timeout=5)
             except (TimeoutError, aiormq.exceptions.AMQPError, RuntimeError, ConnectionError):
                 pass  # the channel is gone; its unacked deliveries return to the queue
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=self._stop_timeout_s)
+        if self._ordered and self._channel is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._channel.close(), timeout=5)
 
 
 class _Stopping(Exception):

@@ -145,7 +145,8 @@ async def _consumers(app: web.Application) -> AsyncIterator[None]:
                 make_uow=spec.unit_of_work, metrics=metrics, unavailable_backoff_s=s.unavailable_backoff_s,
                 stopping=stopping,
             )
-            workers.append(QueueWorker(queue, prefetch, consumer.process, stop_timeout_s=s.shutdown_timeout_s))
+            workers.append(QueueWorker(queue, prefetch, consumer.process, stop_timeout_s=s.shutdown_timeout_s,
+                                       ordered=bool(sub.shards or sub.single_active)))
     collector = DeadLetterCollector(service=spec.name, pool=app[POOL], metrics=metrics,
                                     unavailable_backoff_s=s.unavailable_backoff_s, stopping=stopping)
     workers.append(QueueWorker(topology.dead_queue(spec.name), 8, collector.process,
