@@ -99,3 +99,27 @@ async def test_session_not_connected_is_503_and_a_drop_mid_broadcast_pauses_then
 
 async def _at_least(n, count: int) -> bool:
     return len(n.fake.sent) >= count
+
+
+async def test_opted_out_patients_are_skipped_and_failed_ones_can_be_retried(isolated):
+    async with notifier_with_fake(isolated) as n:
+        # As a STOP from this patient records it.
+        await n.rows("INSERT INTO opt_outs (tenant_id, phone, at) VALUES ($1, $2, now())", "clinic-waha",
+                     "+212693955201")
+        n.fake.reject("212693955203@c.us")
+        status, answer = await n.call("POST", "/v1/broadcasts", {"message": "Reminder", "recipients": THREE})
+        assert status == 202 and answer["opted_out_count"] == 1 and answer["queued_count"] == 2
+        done = await eventually(lambda: _finished(n, answer["broadcast_id"]), what="finished")
+        assert (done["status"], done["sent_count"], done["failed_count"]) == ("partial", 1, 1)
+        assert "212693955201" not in [s.to for s in n.fake.sent]
+        n.fake.reset()  # the provider accepts the number again (and forgets what it sent)
+        status, retried = await n.call("POST", "/v1/notifications/retry")
+        assert status == 200 and retried["retried"] == 1
+        done = await eventually(lambda: _completed(n, answer["broadcast_id"]), what="completed after retry")
+        assert done["sent_count"] == 2
+        assert [s.to for s in n.fake.sent] == ["212693955203"]
+
+
+async def _completed(n, broadcast_id: str):
+    b = await _broadcast(n, broadcast_id)
+    return b if b["status"] == "completed" else None
