@@ -17,14 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.events import db, outbox
 from shared.events.auth import Principal, Role
-from shared.events.http import Conflict, NotFound, problem
+from shared.events.http import Conflict, Invalid, NotFound, json_row, problem, uuid_or_404
 from shared.events.runtime import API_KEYS, POOL, STOPPING
 from shared.phones import InvalidPhone, to_e164
 
 from . import handlers, templates
-from .handlers import WAKE_SENDER, Outgoing, sender_of
+from .handlers import Outgoing, sender_of
 from .providers import SendFailed
-from .sending import Sender, broadcast_progress
+from .sending import WAKE_SENDER, Sender, broadcast_progress
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,7 @@ async def create_broadcast(request: web.Request) -> web.Response:
                                           " WHERE tenant_id = $1 AND key = $2", principal.tenant_id, key)
     if not first:
         if earlier["request_hash"] != request_hash:
-            return problem(422, "Idempotency-Key reused with a different body", field="Idempotency-Key",
-                           reason="this key was first used with another request body")
+            raise Invalid("Idempotency-Key", "this key was first used with another request body")
         if earlier["status_code"] is None:
             return problem(409, "a request with this Idempotency-Key is still in flight", field="Idempotency-Key")
         return web.json_response(json.loads(earlier["response"]), status=earlier["status_code"],
@@ -208,7 +207,6 @@ async def _create_broadcast(request: web.Request, principal: Principal, raw: byt
             len(invalid), len(opted_out), fingerprint, now)
         await handlers.record(conn, sender, f"broadcast:{broadcast_id}",
                               [Outgoing("broadcast", p, text) for p in to_send], now, broadcast_id=broadcast_id)
-        await conn.execute(WAKE_SENDER)
         answer = await _broadcast_json(conn, principal.tenant_id, broadcast_id)
     answer.update({"status": "accepted", "idempotent": False,
                    "invalid_recipients": invalid[:INVALID_SHOWN], "opted_out_count": len(opted_out)})
@@ -251,21 +249,9 @@ async def _broadcast_json(conn, tenant_id: str, broadcast_id: uuid.UUID, *, limi
         "sent_count": sum(by_status.get(s, 0) for s in ("sent", "delivered", "read")),
         "failed_count": by_status.get("failed", 0),
         "created_at": b["created_at"].isoformat(), "finished_at": b["finished_at"] and b["finished_at"].isoformat(),
-        "items": [_json_row(r) for r in items], "offset": offset,
+        "items": [json_row(r) for r in items], "offset": offset,
         "next_offset": offset + limit if offset + limit < queued else None,
     }
-
-
-def _json_row(row) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, uuid.UUID) else v.isoformat() if isinstance(v, datetime) else v)
-            for k, v in dict(row).items()}
-
-
-def _uuid(value: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise NotFound(f"no such {what}") from None
 
 
 class Page(BaseModel):
@@ -276,7 +262,7 @@ class Page(BaseModel):
 
 async def get_broadcast(request: web.Request) -> web.Response:
     principal = await request.app[API_KEYS].authenticate(request, Role.VIEWER)
-    broadcast_id = _uuid(request.match_info["id"], "broadcast")
+    broadcast_id = uuid_or_404(request.match_info["id"], "broadcast")
     page = Page.model_validate(dict(request.query))
     async with request.app[POOL].acquire() as conn:
         return web.json_response(await _broadcast_json(conn, principal.tenant_id, broadcast_id, limit=page.limit,
@@ -285,7 +271,7 @@ async def get_broadcast(request: web.Request) -> web.Response:
 
 async def cancel_broadcast(request: web.Request) -> web.Response:
     principal = await request.app[API_KEYS].authenticate(request, Role.STAFF)
-    broadcast_id = _uuid(request.match_info["id"], "broadcast")
+    broadcast_id = uuid_or_404(request.match_info["id"], "broadcast")
     async with db.transaction(request.app[POOL]) as conn:
         status = await conn.fetchval("SELECT status FROM broadcasts WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
                                      principal.tenant_id, broadcast_id)
@@ -315,14 +301,14 @@ async def list_notifications(request: web.Request) -> web.Response:
             "SELECT id, kind, phone, text, status, reason, attempts, provider_message_id, broadcast_id, created_at,"
             " sent_at, failed_at FROM notifications WHERE tenant_id = $1 AND status = $2"
             " ORDER BY created_at DESC LIMIT $3", principal.tenant_id, query.status, query.limit)
-    return web.json_response({"items": [_json_row(r) for r in rows]})
+    return web.json_response({"items": [json_row(r) for r in rows]})
 
 
 async def retry_notifications(request: web.Request) -> web.Response:
     """Failed notifications back in the queue: one (`/{id}/retry`) or all of the tenant's (`/retry`)."""
     principal = await request.app[API_KEYS].authenticate(request, Role.STAFF)
     one = request.match_info.get("id")
-    notification_id = _uuid(one, "notification") if one else None
+    notification_id = uuid_or_404(one, "notification") if one else None
     now = datetime.now(UTC)
     async with db.transaction(request.app[POOL]) as conn:
         rows = await conn.fetch(
@@ -349,7 +335,7 @@ async def session_status(request: web.Request) -> web.Response:
         sender = await _sender(conn, principal.tenant_id)
         row = await conn.fetchrow("SELECT status, connected, can_send, source, changed_at, checked_at FROM sessions"
                                   " WHERE session = $1", sender.session)
-    known = _json_row(row) if row else {"status": "unknown", "connected": None, "can_send": None}
+    known = json_row(row) if row else {"status": "unknown", "connected": None, "can_send": None}
     return web.json_response({"session": sender.session, "provider": request.app[SENDER].provider.provider.value,
                               **known})
 

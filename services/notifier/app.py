@@ -24,7 +24,8 @@ def build(common: CommonSettings, own: NotifierSettings) -> ServiceSpec:
         provider = build_provider(own.provider, http=http, base_url=own.provider_url, api_key=own.provider_api_key,
                                   timeout_s=own.send_timeout_s)
         sender = Sender(pool=app[POOL], dsn=common.database_url, provider=provider, settings=own,
-                        metrics=SenderMetrics(app[METRICS].registry), connect_timeout_s=common.connect_timeout_s)
+                        metrics=SenderMetrics(app[METRICS].registry), runtime_metrics=app[METRICS],
+                        unavailable_backoff_s=common.unavailable_backoff_s, connect_timeout_s=common.connect_timeout_s)
         app[api.SENDER] = sender
         app[api.GAUGES] = api.NotificationGauges(app[METRICS].registry)
         tasks = [asyncio.create_task(sender.run(app[STOPPING]), name="notifier-sender"),

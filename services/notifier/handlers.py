@@ -33,11 +33,9 @@ from shared.events.errors import PermanentFailure
 from shared.phones import InvalidPhone, parse_jid, phone_of, to_e164
 
 from . import receipts, templates
+from .sending import WAKE_SENDER
 
 log = logging.getLogger(__name__)
-
-# Delivered at commit: the sender wakes for rows that exist.
-WAKE_SENDER = "SELECT pg_notify('notifier.due', '')"
 
 
 @dataclass(frozen=True)

@@ -40,26 +40,25 @@ async def apply(conn: asyncpg.Connection, provider_message_id: str, ack: AckStat
     return await advance(conn, row, status, at, provider_message_id)
 
 
-async def advance(conn: asyncpg.Connection, row: asyncpg.Record, status: str, at: datetime,
+async def advance(conn: asyncpg.Connection, row: asyncpg.Record | dict, status: str, at: datetime,
                   provider_message_id: str) -> list[Event]:
-    if RANK[status] <= RANK[row["status"]] or (status == "failed" and row["status"] in ("sent", "delivered", "read")):
+    if RANK[status] <= RANK[row["status"]]:  # failed ranks below sent: a late failure never undoes a delivery
         return []
     await conn.execute(_ADVANCE, row["id"], status, at)
-    changed = NotificationStatusChanged(notification_id=str(row["id"]), status=status,
-                                        provider_message_id=provider_message_id)
-    return [Envelope.new(changed, tenant_id=row["tenant_id"])]
+    return [NotificationStatusChanged(notification_id=str(row["id"]), status=status,
+                                      provider_message_id=provider_message_id)]
 
 
 async def apply_early(conn: asyncpg.Connection, notification_id, tenant_id: str, current: str,
-                      provider_message_id: str) -> list[Event]:
+                      provider_message_id: str) -> list[Envelope]:
     """Acks that came before the send was recorded as sent, applied in order of precedence."""
     acks = await conn.fetch("DELETE FROM early_acks WHERE provider_message_id = $1 RETURNING status, at",
                             provider_message_id)
-    events: list[Event] = []
+    events: list[Envelope] = []
     row = {"id": notification_id, "tenant_id": tenant_id, "status": current}
     for ack in sorted(acks, key=lambda a: RANK[a["status"]]):
         caused = await advance(conn, row, ack["status"], ack["at"], provider_message_id)
         if caused:
             row["status"] = ack["status"]
-        events += caused
+        events += [Envelope.new(e, tenant_id=tenant_id) for e in caused]
     return events

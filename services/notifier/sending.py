@@ -21,9 +21,11 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.events import db, outbox
-from shared.events.catalog import BroadcastStatusChanged, NotificationStatusChanged, Provider
+from shared.events.catalog import BroadcastStatusChanged, NotificationStatusChanged
+from shared.events.consumer import until_database
 from shared.events.envelope import Envelope
 from shared.events.logs import log_context, mask_phone
+from shared.events.metrics import Metrics
 
 from . import receipts
 from .providers import FailureKind, SendFailed, SendingProvider, Sent
@@ -31,10 +33,9 @@ from .settings import NotifierSettings
 
 log = logging.getLogger(__name__)
 
-_LOCK = "SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext('notifier-sender'))"
 CHANNEL = "notifier.due"
-# Providers whose sent messages can be looked up: an unknown outcome there is settled by asking.
-LOOKS_UP = {Provider.WAHA, Provider.LOG}
+# Delivered at commit: the sender wakes for rows that exist.
+WAKE_SENDER = f"SELECT pg_notify('{CHANNEL}', '')"
 
 _DUE_SESSIONS = """
 SELECT DISTINCT session FROM notifications WHERE status = 'queued' AND next_attempt_at <= $1
@@ -135,13 +136,16 @@ def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
 
 class Sender:
     def __init__(self, *, pool: asyncpg.Pool, dsn: str, provider: SendingProvider, settings: NotifierSettings,
-                 metrics: SenderMetrics, connect_timeout_s: float,
+                 metrics: SenderMetrics, runtime_metrics: Metrics, unavailable_backoff_s: float,
+                 connect_timeout_s: float,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
         self._pool = pool
         self._dsn = dsn
         self.provider = provider
-        self.settings = self._s = settings
+        self.settings = settings
         self._metrics = metrics
+        self._runtime_metrics = runtime_metrics
+        self._unavailable_backoff_s = unavailable_backoff_s
         self._connect_timeout_s = connect_timeout_s
         self._clock = clock
         self._gates: dict[str, SessionGate] = {}
@@ -160,7 +164,7 @@ class Sender:
 
     def gate(self, session: str) -> SessionGate:
         if session not in self._gates:
-            s = self._s
+            s = self.settings
             self._gates[session] = SessionGate(s.max_in_flight_per_session, s.rate_per_s, s.rate_burst,
                                                s.breaker_failures, s.breaker_cooldown_s)
         return self._gates[session]
@@ -169,7 +173,7 @@ class Sender:
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
-            delay = self._s.idle_poll_s
+            delay = self.settings.idle_poll_s
             try:
                 if not self.is_active:
                     await self._try_lead()
@@ -188,13 +192,12 @@ class Sender:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_first(self._wake.wait(), stopping.wait()), timeout=delay)
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self._s.send_timeout_s + 5)
+            await asyncio.wait(self._tasks, timeout=self.settings.send_timeout_s + 5)
         await self._resign()
 
     async def _try_lead(self) -> None:
-        conn = await db.connect(self._dsn, "notifier", timeout=self._connect_timeout_s)
-        if not await conn.fetchval(_LOCK):
-            await conn.close()
+        conn = await db.lock_holder(self._dsn, "notifier", "notifier-sender", timeout=self._connect_timeout_s)
+        if conn is None:
             return
         await conn.add_listener(CHANNEL, self.wake)
         self._lock_conn = conn
@@ -208,10 +211,7 @@ class Sender:
     async def _resign(self) -> None:
         conn, self._lock_conn = self._lock_conn, None
         if conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), timeout=2)
-            if not conn.is_closed():
-                conn.terminate()
+            await db.let_go(conn)
 
     async def _dispatch(self) -> float:
         """Start what each session may send now; return how long to sleep before looking again."""
@@ -219,7 +219,7 @@ class Sender:
         async with self._pool.acquire() as conn:
             held = {r["session"] for r in await conn.fetch(_HELD_SESSIONS)}
             sessions = [r["session"] for r in await conn.fetch(_DUE_SESSIONS, now_dt)]
-        next_look = self._s.idle_poll_s
+        next_look = self.settings.idle_poll_s
         for session in sessions:
             if session in held:
                 continue
@@ -230,7 +230,7 @@ class Sender:
                 next_look = min(next_look, max(0.01, gate.next_token_in()), 0.05)
                 continue
             async with db.transaction(self._pool) as conn:
-                rows = await conn.fetch(_CLAIM, session, min(room, self._s.claim_batch), now_dt)
+                rows = await conn.fetch(_CLAIM, session, min(room, self.settings.claim_batch), now_dt)
             gate.took(len(rows))
             for row in rows:
                 task = asyncio.create_task(self._send(row, gate))
@@ -245,9 +245,9 @@ class Sender:
             started = time.perf_counter()
             try:
                 sent = await asyncio.wait_for(self.provider.send_text(row["session"], row["phone"], row["text"]),
-                                              timeout=self._s.send_timeout_s)
+                                              timeout=self.settings.send_timeout_s)
             except TimeoutError:
-                sent = SendFailed(FailureKind.OUTCOME_UNKNOWN, f"no answer within {self._s.send_timeout_s:g} s")
+                sent = SendFailed(FailureKind.OUTCOME_UNKNOWN, f"no answer within {self.settings.send_timeout_s:g} s")
             except SendFailed as exc:
                 sent = exc
             except Exception as exc:  # noqa: BLE001 - a bug in an adapter is an unknown outcome, not a crash
@@ -272,10 +272,12 @@ class Sender:
             except TimeoutError:
                 continue
             batch = [first]
-            while not self._outcomes.empty() and len(batch) < self._s.claim_batch:
+            while not self._outcomes.empty() and len(batch) < self.settings.claim_batch:
                 batch.append(self._outcomes.get_nowait())
             try:
-                await db_retrying(lambda batch=batch: self._record(batch))
+                await until_database(lambda batch=batch: self._record(batch), stopping=stopping,
+                                     backoff_s=self._unavailable_backoff_s, metrics=self._runtime_metrics,
+                                     service="notifier")
             except Exception:  # noqa: BLE001 - the rows stay `sending`: reconciled as unknown outcomes
                 log.exception("could not record send outcomes", extra={"count": len(batch)})
             self.wake()
@@ -283,7 +285,7 @@ class Sender:
     async def _record(self, batch: list[tuple[asyncpg.Record, Sent | SendFailed, SessionGate]]) -> None:
         now, mono = self._clock(), time.monotonic()
         async with db.transaction(self._pool) as conn:
-            sent = [(row, result) for row, result, _ in batch if isinstance(result, Sent)]
+            sent = [(row, result.provider_message_id) for row, result, _ in batch if isinstance(result, Sent)]
             events = await self._mark_all_sent(conn, sent, now)
             for row, result, gate in batch:
                 if not isinstance(result, Sent):
@@ -292,37 +294,26 @@ class Sender:
                 events += await broadcast_progress(conn, broadcast_id, now)
             await outbox.add(conn, events)
 
-    async def _mark_all_sent(self, conn: asyncpg.Connection, sent: list[tuple[asyncpg.Record, Sent]],
+    async def _mark_all_sent(self, conn: asyncpg.Connection, sent: list[tuple[asyncpg.Record, str]],
                              now: datetime) -> list[Envelope]:
-        """Many sends at once: one statement for the rows, then any acks that came before their answer."""
+        """Rows the provider took, with its message ids: one statement, then acks that came before the answer."""
         if not sent:
             return []
-        ids, message_ids = [row["id"] for row, _ in sent], [result.provider_message_id for _, result in sent]
+        ids, message_ids = [row["id"] for row, _ in sent], [message_id for _, message_id in sent]
         await conn.execute(
             "UPDATE notifications n SET status = 'sent', provider_message_id = s.message_id, sent_at = $3,"
             " reason = NULL FROM unnest($1::uuid[], $2::text[]) AS s(id, message_id) WHERE n.id = s.id",
             ids, message_ids, now)
         events = [Envelope.new(NotificationStatusChanged(notification_id=str(row["id"]), status="sent",
-                                                         provider_message_id=result.provider_message_id),
-                               tenant_id=row["tenant_id"]) for row, result in sent]
+                                                         provider_message_id=message_id),
+                               tenant_id=row["tenant_id"]) for row, message_id in sent]
         early = {r["provider_message_id"] for r in await conn.fetch(
             "SELECT DISTINCT provider_message_id FROM early_acks WHERE provider_message_id = ANY($1::text[])",
             message_ids)}
-        for row, result in sent:
-            if result.provider_message_id in early:
-                events += await receipts.apply_early(conn, row["id"], row["tenant_id"], "sent",
-                                                     result.provider_message_id)
+        for row, message_id in sent:
+            if message_id in early:
+                events += await receipts.apply_early(conn, row["id"], row["tenant_id"], "sent", message_id)
         return events
-
-    async def _mark_sent(self, conn: asyncpg.Connection, notification_id: uuid.UUID, tenant_id: str,
-                         provider_message_id: str, now: datetime) -> list[Envelope]:
-        await conn.execute(
-            "UPDATE notifications SET status = 'sent', provider_message_id = $2, sent_at = $3, reason = NULL"
-            " WHERE id = $1", notification_id, provider_message_id, now)
-        events = [Envelope.new(NotificationStatusChanged(notification_id=str(notification_id), status="sent",
-                                                         provider_message_id=provider_message_id),
-                               tenant_id=tenant_id)]
-        return events + await receipts.apply_early(conn, notification_id, tenant_id, "sent", provider_message_id)
 
     async def _failed(self, conn: asyncpg.Connection, row: asyncpg.Record, failure: SendFailed, gate: SessionGate,
                       now: datetime, mono: float) -> list[Envelope]:
@@ -343,11 +334,11 @@ class Sender:
             return []
         if failure.transient:
             if kind is FailureKind.RATE_LIMITED:
-                gate.pause(mono, failure.retry_after_s or self._s.retry_base_s)
+                gate.pause(mono, failure.retry_after_s or self.settings.retry_base_s)
             else:
                 gate.failed(mono)
-            if row["attempts"] < self._s.max_attempts:
-                delay = failure.retry_after_s or backoff_s(row["attempts"], self._s.retry_base_s, self._s.retry_max_s)
+            if row["attempts"] < self.settings.max_attempts:
+                delay = failure.retry_after_s or backoff_s(row["attempts"], self.settings.retry_base_s, self.settings.retry_max_s)
                 await conn.execute(
                     "UPDATE notifications SET status = 'queued', next_attempt_at = $2, reason = $3 WHERE id = $1",
                     row["id"], now + timedelta(seconds=delay), failure.reason)
@@ -370,15 +361,15 @@ class Sender:
                 "SELECT id, tenant_id, session, phone, text, sending_since, broadcast_id FROM notifications"
                 " WHERE (status = 'unknown' AND sending_since <= $1) OR (status = 'sending' AND sending_since <= $2)"
                 " ORDER BY sending_since LIMIT 100",
-                now - timedelta(seconds=self._s.reconcile_after_s),
+                now - timedelta(seconds=self.settings.reconcile_after_s),
                 # A send whose outcome could not be recorded: as unknown as one never answered.
-                now - timedelta(seconds=self._s.send_timeout_s + self._s.reconcile_after_s + 30))
+                now - timedelta(seconds=self.settings.send_timeout_s + self.settings.reconcile_after_s + 30))
         for row in rows:
             with log_context(notification_id=row["id"], tenant_id=row["tenant_id"]):
                 try:
                     found = await asyncio.wait_for(self.provider.find_sent(
                         row["session"], row["phone"], row["text"], row["sending_since"] - timedelta(seconds=5)),
-                        timeout=self._s.send_timeout_s)
+                        timeout=self.settings.send_timeout_s)
                 except (SendFailed, TimeoutError) as exc:
                     log.warning("reconciliation postponed", extra={"error": str(exc)})
                     continue
@@ -387,9 +378,9 @@ class Sender:
                                            row["id"]) not in ("unknown", "sending"):
                         continue
                     if found:
-                        events = await self._mark_sent(conn, row["id"], row["tenant_id"], found, now)
+                        events = await self._mark_all_sent(conn, [(row, found)], now)
                         resolution = "found_sent"
-                    elif self.provider.provider in LOOKS_UP:
+                    elif self.provider.can_look_up:
                         await conn.execute(
                             "UPDATE notifications SET status = 'queued', next_attempt_at = $2, reason ="
                             " 'not found at the provider after an unanswered send: sent again' WHERE id = $1",
@@ -411,7 +402,7 @@ class Sender:
                 log.info("unknown outcome settled", extra={"resolution": resolution})
 
     async def _poll_sessions(self) -> None:
-        if time.monotonic() - self._last_poll < self._s.session_poll_s:
+        if time.monotonic() - self._last_poll < self.settings.session_poll_s:
             return
         self._last_poll = time.monotonic()
         async with self._pool.acquire() as conn:
@@ -420,7 +411,7 @@ class Sender:
                 " UNION SELECT session FROM sessions")]
         for session in sessions:
             try:
-                state = await asyncio.wait_for(self.provider.session_state(session), timeout=self._s.send_timeout_s)
+                state = await asyncio.wait_for(self.provider.session_state(session), timeout=self.settings.send_timeout_s)
             except (SendFailed, TimeoutError) as exc:
                 log.warning("session check failed", extra={"session": session, "error": str(exc)})
                 continue
@@ -474,16 +465,6 @@ async def broadcast_progress(conn: asyncpg.Connection, broadcast_id: uuid.UUID, 
                        broadcast_id, status, now)
     return [Envelope.new(BroadcastStatusChanged(broadcast_id=str(broadcast_id), status=status, total=p["total"],
                                                 sent=p["sent"], failed=p["failed"]), tenant_id=current["tenant_id"])]
-
-
-async def db_retrying(work, attempts: int = 5):
-    for attempt in range(attempts):
-        try:
-            return await work()
-        except (db.DatabaseUnavailable, *db.CONNECTION_ERRORS):
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
 
 
 async def _first(*waits) -> None:

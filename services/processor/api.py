@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.events.auth import Role
-from shared.events.http import NotFound
+from shared.events.http import NotFound, json_row, uuid_or_404
 from shared.events.runtime import API_KEYS, POOL
 from shared.phones import InvalidPhone, to_e164
 
@@ -78,47 +78,35 @@ def _cursor_args(page: Page) -> tuple[datetime | None, uuid.UUID | None]:
     return _decode_cursor(page.before) if page.before else (None, None)
 
 
-def _json(row) -> dict:
-    return {k: (str(v) if isinstance(v, uuid.UUID) else v.isoformat() if isinstance(v, datetime) else v)
-            for k, v in dict(row).items()}
-
-
 async def list_conversations(request: web.Request) -> web.Response:
     principal = await request.app[API_KEYS].authenticate(request, Role.VIEWER)
     page = Page.model_validate(dict(request.query))
     async with request.app[POOL].acquire() as conn:
         rows = await conn.fetch(_CONVERSATIONS, principal.tenant_id, page.phone, *_cursor_args(page), page.limit)
     following = _encode_cursor(rows[-1]["last_message_at"], rows[-1]["id"]) if len(rows) == page.limit else None
-    return web.json_response({"items": [_json(r) for r in rows], "next": following})
+    return web.json_response({"items": [json_row(r) for r in rows], "next": following})
 
 
 async def get_conversation(request: web.Request) -> web.Response:
     principal = await request.app[API_KEYS].authenticate(request, Role.VIEWER)
-    conversation_id = _uuid(request.match_info["id"])
+    conversation_id = uuid_or_404(request.match_info["id"], "conversation")
     async with request.app[POOL].acquire() as conn:
         row = await conn.fetchrow(_CONVERSATION, principal.tenant_id, conversation_id)
     if row is None:
         raise NotFound("no such conversation")
-    return web.json_response(_json(row))
+    return web.json_response(json_row(row))
 
 
 async def list_messages(request: web.Request) -> web.Response:
     principal = await request.app[API_KEYS].authenticate(request, Role.VIEWER)
-    conversation_id = _uuid(request.match_info["id"])
+    conversation_id = uuid_or_404(request.match_info["id"], "conversation")
     page = Page.model_validate(dict(request.query))
     async with request.app[POOL].acquire() as conn:
         if await conn.fetchrow(_CONVERSATION, principal.tenant_id, conversation_id) is None:
             raise NotFound("no such conversation")
         rows = await conn.fetch(_MESSAGES, principal.tenant_id, conversation_id, *_cursor_args(page), page.limit)
     following = _encode_cursor(rows[-1]["sent_at"], rows[-1]["id"]) if len(rows) == page.limit else None
-    return web.json_response({"items": [_json(r) for r in rows], "next": following})
-
-
-def _uuid(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise NotFound("no such conversation") from None
+    return web.json_response({"items": [json_row(r) for r in rows], "next": following})
 
 
 routes = [

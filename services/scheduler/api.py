@@ -22,7 +22,7 @@ from shared.events import db, outbox
 from shared.events.auth import Principal, Role
 from shared.events.catalog import Patient, TicketOutcome, TicketRefused, TicketVia
 from shared.events.envelope import Envelope, Event
-from shared.events.http import CORRELATION_HEADER, NotFound, problem
+from shared.events.http import CORRELATION_HEADER, Invalid, NotFound, json_row, json_value, uuid_or_404
 from shared.events.runtime import API_KEYS, POOL
 from shared.phones import InvalidPhone, chat_of_phone, to_e164
 
@@ -200,31 +200,19 @@ async def _department(queues: Queues, principal: Principal, code: str) -> Depart
 
 
 def _ticket_id(value: str) -> uuid.UUID:
-    return _uuid_or_404(value, "no such ticket")
-
-
-def _json(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if hasattr(value, "isoformat"):  # datetimes, dates, times
-        return value.isoformat()
-    return value
-
-
-def _row(row) -> dict[str, Any]:
-    return {k: _json(v) for k, v in dict(row).items()}
+    return uuid_or_404(value, "ticket")
 
 
 def _department_json(dept: Department) -> dict[str, Any]:
-    return {k: _json(v) for k, v in dept.__dict__.items() if k not in ("id", "tenant_id")}
+    return {k: json_value(v) for k, v in dept.__dict__.items() if k not in ("id", "tenant_id")}
 
 
 async def _status_json(queues: Queues, dept: Department) -> dict[str, Any]:
     status = await queues.status(dept)
     waiting = await queues.waiting(dept)
     return {"department": dept.code, "name": dept.name, "timezone": dept.timezone, "is_open": status.is_open,
-            "since": _json(status.since), "changed_by": status.changed_by, "reason": status.reason,
-            "message": status.message, "closes_at": _json(status.closes_at), "waiting": waiting,
+            "since": json_value(status.since), "changed_by": status.changed_by, "reason": status.reason,
+            "message": status.message, "closes_at": json_value(status.closes_at), "waiting": waiting,
             "estimated_wait_s": queues.estimate(dept, status, waiting + 1) if status.is_open else None,
             "current_ticket": status.current_ticket, "average_service_s": status.avg_service_s}
 
@@ -244,7 +232,7 @@ async def _ticket_json(queues: Queues, tenant_id: str, ticket_id: uuid.UUID) -> 
     row = await queues.conn.fetchrow(_TICKET_VIEW + " WHERE t.tenant_id = $1 AND t.id = $2", tenant_id, ticket_id)
     if row is None:
         raise NotFound("no such ticket")
-    return _row(row)
+    return json_row(row)
 
 
 # --- departments and schedules ----------------------------------------------------------------
@@ -347,9 +335,9 @@ async def _schedule_json(queues: Queues, dept: Department) -> dict[str, Any]:
     return {"department": dept.code, "timezone": dept.timezone,
             "hours": [{"weekday": h["weekday"], "opens_at": h["opens_at"].strftime("%H:%M:%S"),
                        "closes_at": h["closes_at"].strftime("%H:%M:%S")} for h in hours],
-            "overrides": [_row(o) for o in overrides],
+            "overrides": [json_row(o) for o in overrides],
             "planned_now": {"is_open": plan.is_open, "reason": plan.reason},
-            "next_closing": _json(calendar.next_closing(queues.now))}
+            "next_closing": json_value(calendar.next_closing(queues.now))}
 
 
 async def put_schedule(request: web.Request) -> web.Response:
@@ -379,22 +367,22 @@ async def add_override(request: web.Request) -> web.Response:
         dept = await _department(queues, principal, request.match_info["code"])
         starts_at = body.starts_at or queues.now
         if body.ends_at <= starts_at:
-            raise _invalid("ends_at", "must be after starts_at (or after now)")
+            raise Invalid("ends_at", "must be after starts_at (or after now)")
         if body.ends_at <= queues.now:
-            raise _invalid("ends_at", "must be in the future")
+            raise Invalid("ends_at", "must be in the future")
         row = await queues.conn.fetchrow(
             "INSERT INTO overrides (id, department_id, is_open, starts_at, ends_at, reason, created_by)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, is_open, starts_at, ends_at, reason, created_by",
             uuid.uuid4(), dept.id, body.is_open, starts_at, body.ends_at, body.reason, _actor(principal))
-        await queues.audit(dept, _actor(principal), "add_override", body.reason, None, _row(row))
-        return _row(row), []
+        await queues.audit(dept, _actor(principal), "add_override", body.reason, None, json_row(row))
+        return json_row(row), []
 
     return web.json_response(await _change(request, principal, work), status=201)
 
 
 async def delete_override(request: web.Request) -> web.Response:
     principal = await request.app[API_KEYS].authenticate(request, Role.STAFF)
-    override_id = _uuid_or_404(request.match_info["id"], "no such override")
+    override_id = uuid_or_404(request.match_info["id"], "override")
 
     async def work(queues: Queues):
         dept = await _department(queues, principal, request.match_info["code"])
@@ -403,7 +391,7 @@ async def delete_override(request: web.Request) -> web.Response:
             " RETURNING id, is_open, starts_at, ends_at, reason", override_id, dept.id)
         if row is None:
             raise NotFound("no such override")
-        await queues.audit(dept, _actor(principal), "remove_override", None, _row(row), None)
+        await queues.audit(dept, _actor(principal), "remove_override", None, json_row(row), None)
         return None, []
 
     await _change(request, principal, work)
@@ -425,12 +413,12 @@ async def _set_open(request: web.Request, is_open: bool) -> web.Response:
     principal = await request.app[API_KEYS].authenticate(request, Role.STAFF)
     body = await _body(request, StatusChange)
     if not is_open and body.closes_at is not None:
-        raise _invalid("closes_at", "only an opening takes a closing time")
+        raise Invalid("closes_at", "only an opening takes a closing time")
 
     async def work(queues: Queues):
         dept = await _department(queues, principal, request.match_info["code"])
         if body.closes_at is not None and body.closes_at <= queues.now:
-            raise _invalid("closes_at", "must be in the future")
+            raise Invalid("closes_at", "must be in the future")
         if is_open:
             events = await queues.open(dept, actor=_actor(principal), reason=body.reason, message=body.message,
                                        closes_at=body.closes_at)
@@ -476,7 +464,7 @@ async def audit_log(request: web.Request) -> web.Response:
             principal.tenant_id, department_id, query.since, query.until, query.before, query.limit)
 
     rows = await _read(request, work)
-    items = [{**_row(r), "before": _jsonb(r["before"]), "after": _jsonb(r["after"])} for r in rows]
+    items = [{**json_row(r), "before": _jsonb(r["before"]), "after": _jsonb(r["after"])} for r in rows]
     return web.json_response({"items": items, "next": rows[-1]["id"] if len(rows) == query.limit else None})
 
 
@@ -498,7 +486,7 @@ async def list_tickets(request: web.Request) -> web.Response:
             _TICKET_VIEW + " WHERE t.department_id = $1 AND t.state = ANY($2::text[])"
             " ORDER BY t.state = 'waiting', t.queued_at, t.id LIMIT $3", dept.id, states, query.limit)
 
-    return web.json_response({"items": [_row(r) for r in await _read(request, work)]})
+    return web.json_response({"items": [json_row(r) for r in await _read(request, work)]})
 
 
 async def join_for_patient(request: web.Request) -> web.Response:
@@ -510,7 +498,7 @@ async def join_for_patient(request: web.Request) -> web.Response:
         try:
             phone = to_e164(body.phone, dept.phone_region)
         except InvalidPhone as exc:
-            raise _invalid("phone", exc.reason) from None
+            raise Invalid("phone", exc.reason) from None
         patient = Patient(chat_id=chat_of_phone(phone), phone=phone, name=body.name, language=body.language)
         events = await queues.join(dept, patient, via=TicketVia.STAFF, actor=_actor(principal))
         refused = next((e for e in events if isinstance(e, TicketRefused)), None)
@@ -574,21 +562,8 @@ def _finish(outcome: TicketOutcome):
 async def _transfer(queues: Queues, dept: Department, ticket, body: TransferBody, actor: str) -> list[Event]:
     target = await queues.department(dept.tenant_id, body.department)
     if target is None:
-        raise _invalid("department", f"no department {body.department}")
+        raise Invalid("department", f"no department {body.department}")
     return await queues.transfer(dept, ticket, target, actor=actor, reason=body.reason)
-
-
-def _invalid(field: str, reason: str) -> web.HTTPUnprocessableEntity:
-    response = problem(422, "invalid request", field=field, reason=reason,
-                       errors=[{"field": field, "reason": reason}])
-    return web.HTTPUnprocessableEntity(text=response.text, content_type="application/json")
-
-
-def _uuid_or_404(value: str, reason: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise NotFound(reason) from None
 
 
 routes = [

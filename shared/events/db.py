@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -40,6 +41,32 @@ async def create_pool(dsn: str, schema: str, *, min_size: int, max_size: int,
 
 async def connect(dsn: str, schema: str, *, timeout: float) -> asyncpg.Connection:
     return await asyncpg.connect(dsn, timeout=timeout, server_settings=server_settings(schema))
+
+
+# Session-level, keyed by schema and name: one holder per service and purpose.
+TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext($1))"
+
+
+async def lock_holder(dsn: str, schema: str, name: str, *, timeout: float) -> asyncpg.Connection | None:
+    """A connection of its own holding the advisory lock `name`, or None while another holds it.
+    The lock lives as long as the connection: a holder that dies frees it for the next."""
+    conn = await connect(dsn, schema, timeout=timeout)
+    try:
+        if await conn.fetchval(TRY_LOCK, name):
+            return conn
+        await conn.close()
+        return None
+    except BaseException:
+        conn.terminate()
+        raise
+
+
+async def let_go(conn: asyncpg.Connection) -> None:
+    """Close a lock holder, and with it the lock; cut it if it does not close in time."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(conn.close(), timeout=2)
+    if not conn.is_closed():
+        conn.terminate()
 
 
 @contextlib.asynccontextmanager

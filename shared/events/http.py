@@ -37,12 +37,43 @@ def problem(status: int, error: str, **details: object) -> web.Response:
     return web.json_response({"error": error, **details}, status=status)
 
 
-def validation_problem(exc: ValidationError) -> web.Response:
-    errors = [
-        {"field": ".".join(str(p) for p in e["loc"]) or None, "reason": e["msg"]} for e in exc.errors()
-    ]
+class Invalid(Exception):
+    """Input that passed its model but not a check that needs the database or the clock: 422."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+def _invalid_problem(errors: list[dict[str, object]]) -> web.Response:
     first = errors[0] if errors else {"field": None, "reason": "invalid"}
     return problem(422, "invalid request", field=first["field"], reason=first["reason"], errors=errors)
+
+
+def validation_problem(exc: ValidationError) -> web.Response:
+    return _invalid_problem(
+        [{"field": ".".join(str(p) for p in e["loc"]) or None, "reason": e["msg"]} for e in exc.errors()])
+
+
+def json_value(value: object) -> object:
+    """A database value as JSON: ids as strings, times in ISO 8601."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if hasattr(value, "isoformat"):  # datetimes, dates, times
+        return value.isoformat()
+    return value
+
+
+def json_row(row) -> dict[str, object]:
+    return {k: json_value(v) for k, v in dict(row).items()}
+
+
+def uuid_or_404(value: str, what: str) -> uuid.UUID:
+    """An id from a URL; one that cannot be an id names nothing there is."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound(f"no such {what}") from None
 
 
 @web.middleware
@@ -58,6 +89,8 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
             response = validation_problem(exc)
         except json.JSONDecodeError as exc:
             response = problem(400, "body is not JSON", reason=str(exc))
+        except Invalid as exc:
+            response = _invalid_problem([{"field": exc.field, "reason": exc.reason}])
         except NotFound as exc:
             response = problem(404, str(exc) or "not found")
         except Conflict as exc:

@@ -51,8 +51,6 @@ class Periodic:
     run: JobFunction
 
 
-_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext($1))"
-
 _TAKE_LEASE = """
 INSERT INTO job_leases (job, epoch, holder, acquired_at) VALUES ($1, 1, $2, now())
 ON CONFLICT (job) DO UPDATE SET epoch = job_leases.epoch + 1, holder = EXCLUDED.holder, acquired_at = now()
@@ -126,11 +124,10 @@ class JobRunner:
         return max(0.01, next_tick - now)
 
     async def _try_lead(self) -> None:
-        conn = await db.connect(self._dsn, self._schema, timeout=self._connect_timeout_s)
+        conn = await db.lock_holder(self._dsn, self._schema, self.job.name, timeout=self._connect_timeout_s)
+        if conn is None:
+            return
         try:
-            if not await conn.fetchval(_TRY_LOCK, self.job.name):
-                await conn.close()
-                return
             epoch, last = await conn.fetchrow(_TAKE_LEASE, self.job.name, self.holder)
         except BaseException:
             conn.terminate()
@@ -176,10 +173,7 @@ class JobRunner:
         conn, self._lock_conn, self._epoch = self._lock_conn, None, None
         self._metrics.job_leader.labels(self._service, self.job.name).set(0)
         if conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), timeout=2)
-            if not conn.is_closed():
-                conn.terminate()
+            await db.let_go(conn)
 
     def terminate(self) -> None:
         """Drop the lock connection at once, as a crash would."""

@@ -41,8 +41,6 @@ SELECT 'outbox', event_id::text, event_type, body::jsonb ->> 'tenant_id', conver
 FROM outbox WHERE seq = $1
 """
 
-_RELAY_LOCK = "SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext('outbox-relay'))"
-
 _BACKLOG = "SELECT count(*), extract(epoch FROM clock_timestamp() - min(created_at)) FROM outbox"
 
 
@@ -161,7 +159,7 @@ class Relay:
             if not self._holds_lock:
                 # One relay per service publishes, so events leave in the order they were written;
                 # the others stand by until its connection, and so its lock, is gone.
-                self._holds_lock = bool(await self._listener.fetchval(_RELAY_LOCK))
+                self._holds_lock = bool(await self._listener.fetchval(db.TRY_LOCK, "outbox-relay"))
                 if self._holds_lock:
                     log.info("outbox relay active")
         except (*db.CONNECTION_ERRORS, asyncpg.InterfaceError, OSError, TimeoutError) as exc:

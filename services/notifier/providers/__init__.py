@@ -88,6 +88,7 @@ class SendFailed(Exception):
 
 class SendingProvider(Protocol):
     provider: Provider
+    can_look_up: bool  # whether `find_sent` can tell a message that never went out from one it cannot see
 
     async def send_text(self, session: str, phone_e164: str, text: str) -> Sent: ...
 

@@ -37,6 +37,8 @@ CONNECTION_STATES = {
 
 class EvolutionProvider:
     provider = Provider.EVOLUTION
+    # No documented message search: an unanswered send cannot be settled by asking.
+    can_look_up = False
 
     def __init__(self, http: aiohttp.ClientSession, base_url: str, *, api_key: str | None = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S):

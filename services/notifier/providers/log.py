@@ -32,6 +32,8 @@ class LoggedMessage:
 
 class LogProvider:
     provider = Provider.LOG
+    # What it logged can be looked up.
+    can_look_up = True
 
     def __init__(self, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC), keep: int = KEPT_MESSAGES):
         self._clock = clock

@@ -53,6 +53,8 @@ _OBJECT_MISSING_SUBCODE = 33  # code 100: the phone-number id does not exist or 
 
 class MetaProvider:
     provider = Provider.META
+    # The Cloud API has no message lookup: an unanswered send cannot be settled by asking.
+    can_look_up = False
 
     def __init__(self, http: aiohttp.ClientSession, base_url: str, *, token: str, api_version: str = META_API_VERSION,
                  timeout_s: float = DEFAULT_TIMEOUT_S):

@@ -43,6 +43,8 @@ SESSION_STATUSES = {
 
 class WahaProvider:
     provider = Provider.WAHA
+    # Our sent messages can be found in the chat: an unanswered send can be settled by asking.
+    can_look_up = True
 
     def __init__(self, http: aiohttp.ClientSession, base_url: str, *, api_key: str | None = None,
                  timeout_s: float = DEFAULT_TIMEOUT_S):
