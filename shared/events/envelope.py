@@ -84,9 +84,8 @@ class Envelope(BaseModel, Generic[E]):
 
     def headers(self) -> dict[str, str]:
         """AMQP headers derived from the event: its shard key and the slot that key hashes to."""
-        key = self.data.shard_key()
-        if key is None:
-            return {}
+        # An event whose order does not matter still needs a slot, or a sharded queue never gets it.
+        key = self.data.shard_key() or f"event:{self.id}"
         scoped = f"{self.tenant_id}:{key}"
         # A string: the headers exchange compares typed values, and strings compare alike everywhere.
         return {SHARD_KEY_HEADER: scoped, SHARD_HEADER: str(shard_of(scoped))}
