@@ -52,6 +52,9 @@ RETURNING id, tenant_id, session, phone, text, attempts, sending_since, broadcas
 
 _HELD_SESSIONS = "SELECT session FROM sessions WHERE NOT can_send"
 
+# What trips the circuit breaker: the provider not answering, or answering that it is failing.
+_PROVIDER_FAILING = frozenset({FailureKind.UNREACHABLE, FailureKind.OUTCOME_UNKNOWN, FailureKind.PROVIDER_ERROR})
+
 
 class SenderMetrics:
     def __init__(self, registry: CollectorRegistry):
@@ -114,13 +117,19 @@ class SessionGate:
             return 0.0
         return max(0.0, (1 - self.tokens) / self.rate_per_s)
 
-    def succeeded(self) -> None:
-        self.failures, self.open_until, self.probing = 0, 0.0, False
-
-    def failed(self, now: float) -> None:
-        self.failures += 1
-        if self.probing or self.failures >= self.breaker_failures:
-            self.open_until, self.probing = now + self.breaker_cooldown_s, False
+    def answered(self, result: Sent | SendFailed, now: float, default_pause_s: float) -> None:
+        """Feel the provider's answer at once, before the next dispatch: the breaker trips on the
+        failure that reaches its threshold, not when the outcome is written."""
+        kind = None if isinstance(result, Sent) else result.kind
+        if kind is FailureKind.RATE_LIMITED:
+            self.pause(now, result.retry_after_s or default_pause_s)
+        if kind in _PROVIDER_FAILING:
+            self.failures += 1
+            if self.probing or self.failures >= self.breaker_failures:
+                self.open_until, self.probing = now + self.breaker_cooldown_s, False
+        else:
+            # Any answer but these shows the provider itself at work, whatever it made of the message.
+            self.failures, self.open_until, self.probing = 0, 0.0, False
 
     def pause(self, now: float, seconds: float) -> None:
         self.paused_until = max(self.paused_until, now + seconds)
@@ -190,7 +199,7 @@ class Sender:
                 log.exception("sender pass failed")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_first(self._wake.wait(), stopping.wait()), timeout=delay)
+                await asyncio.wait_for(_first(self._wake, stopping), timeout=delay)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.settings.send_timeout_s + 5)
         await self._resign()
@@ -258,11 +267,11 @@ class Sender:
             outcome = "sent" if isinstance(sent, Sent) else sent.kind.value
             self._metrics.send_seconds.labels(self.provider.provider.value, outcome).observe(
                 time.perf_counter() - started)
+            gate.answered(sent, time.monotonic(), self.settings.retry_base_s)
             if isinstance(sent, Sent):
-                gate.succeeded()
                 log.info("notification sent", extra={"to": mask_phone(row["phone"]),
                                                      "provider_message_id": sent.provider_message_id})
-            await self._outcomes.put((row, sent, gate))
+            await self._outcomes.put((row, sent))
 
     async def record_outcomes(self, stopping: asyncio.Event) -> None:
         """Write send outcomes in batches: one transaction for whatever finished meanwhile."""
@@ -282,15 +291,15 @@ class Sender:
                 log.exception("could not record send outcomes", extra={"count": len(batch)})
             self.wake()
 
-    async def _record(self, batch: list[tuple[asyncpg.Record, Sent | SendFailed, SessionGate]]) -> None:
-        now, mono = self._clock(), time.monotonic()
+    async def _record(self, batch: list[tuple[asyncpg.Record, Sent | SendFailed]]) -> None:
+        now = self._clock()
         async with db.transaction(self._pool) as conn:
-            sent = [(row, result.provider_message_id) for row, result, _ in batch if isinstance(result, Sent)]
+            sent = [(row, result.provider_message_id) for row, result in batch if isinstance(result, Sent)]
             events = await self._mark_all_sent(conn, sent, now)
-            for row, result, gate in batch:
+            for row, result in batch:
                 if not isinstance(result, Sent):
-                    events += await self._failed(conn, row, result, gate, now, mono)
-            for broadcast_id in {row["broadcast_id"] for row, _, _ in batch if row["broadcast_id"] is not None}:
+                    events += await self._failed(conn, row, result, now)
+            for broadcast_id in {row["broadcast_id"] for row, _ in batch if row["broadcast_id"] is not None}:
                 events += await broadcast_progress(conn, broadcast_id, now)
             await outbox.add(conn, events)
 
@@ -315,8 +324,8 @@ class Sender:
                 events += await receipts.apply_early(conn, row["id"], row["tenant_id"], "sent", message_id)
         return events
 
-    async def _failed(self, conn: asyncpg.Connection, row: asyncpg.Record, failure: SendFailed, gate: SessionGate,
-                      now: datetime, mono: float) -> list[Envelope]:
+    async def _failed(self, conn: asyncpg.Connection, row: asyncpg.Record, failure: SendFailed,
+                      now: datetime) -> list[Envelope]:
         kind = failure.kind
         self._metrics.provider_errors.labels(self.provider.provider.value, kind.value).inc()
         log.warning("send failed", extra={"kind": kind.value, "reason": failure.reason, "attempt": row["attempts"]})
@@ -333,10 +342,6 @@ class Sender:
             self._metrics.session_can_send.labels(row["session"]).set(0)
             return []
         if failure.transient:
-            if kind is FailureKind.RATE_LIMITED:
-                gate.pause(mono, failure.retry_after_s or self.settings.retry_base_s)
-            else:
-                gate.failed(mono)
             if row["attempts"] < self.settings.max_attempts:
                 delay = failure.retry_after_s or backoff_s(row["attempts"], self.settings.retry_base_s, self.settings.retry_max_s)
                 await conn.execute(
@@ -435,7 +440,7 @@ async def hold_session(conn: asyncpg.Connection, session: str, reason: str, now:
         " can_send = false, source = 'send', changed_at = $2, checked_at = $2", session, now)
 
 
-_PROGRESS = """
+PROGRESS = """
 SELECT count(*) FILTER (WHERE status IN ('queued', 'sending', 'unknown')) AS pending,
        count(*) FILTER (WHERE status IN ('sent', 'delivered', 'read')) AS sent,
        count(*) FILTER (WHERE status = 'failed') AS failed,
@@ -449,7 +454,7 @@ async def broadcast_progress(conn: asyncpg.Connection, broadcast_id: uuid.UUID, 
     current = await conn.fetchrow("SELECT tenant_id, status FROM broadcasts WHERE id = $1 FOR UPDATE", broadcast_id)
     if current is None or current["status"] == "cancelled":
         return []
-    p = await conn.fetchrow(_PROGRESS, broadcast_id)
+    p = await conn.fetchrow(PROGRESS, broadcast_id)
     if p["pending"]:
         status = "running"
     elif p["failed"] == 0:
@@ -467,8 +472,8 @@ async def broadcast_progress(conn: asyncpg.Connection, broadcast_id: uuid.UUID, 
                                                 sent=p["sent"], failed=p["failed"]), tenant_id=current["tenant_id"])]
 
 
-async def _first(*waits) -> None:
-    tasks = [asyncio.ensure_future(w) for w in waits]
+async def _first(*events: asyncio.Event) -> None:
+    tasks = [asyncio.ensure_future(e.wait()) for e in events]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

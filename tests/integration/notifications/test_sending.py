@@ -1,6 +1,7 @@
 """Notifications from events to the fake provider: once, with the right text, and receipts after."""
 
 import asyncio
+import time
 
 from shared.events.catalog import Patient, TurnReached
 from shared.events.envelope import Envelope
@@ -117,3 +118,34 @@ async def test_acks_out_of_order_end_in_the_right_state(isolated):
         await asyncio.sleep(1.0)
         (row,) = await n.rows("SELECT status, delivered_at, read_at FROM notifications")
         assert row["status"] == "read" and row["delivered_at"] and row["read_at"]
+
+
+async def test_a_failing_provider_opens_the_circuit_then_one_probe_closes_it(isolated):
+    async with notifier_with_fake(isolated, max_in_flight_per_session=1, retry_base_s=0.05, retry_max_s=0.05,
+                                  breaker_failures=3, breaker_cooldown_s=2.0) as n, \
+            publisher(isolated.amqp_url) as pub:
+        n.fake.fail_next(3, status=503)
+        for i in range(4):
+            await pub.publish(turn(f"21269395521{i}"))
+        await eventually(lambda: _failures_spent(n), timeout=15, interval=0.01, what="three failures")
+        opened = time.time()
+        await eventually(lambda: _circuit(n, 1.0), what="circuit open")
+        first = await n.fake.next_sent(timeout=15)
+        # Nothing reached the provider while the circuit was open; then one probe, then the rest.
+        assert first.at - opened >= 1.7
+        for _ in range(3):
+            await n.fake.next_sent(timeout=15)
+        await eventually(lambda: _circuit(n, 0.0), what="circuit closed")
+        await asyncio.sleep(0.5)
+        assert len(n.fake.sent) == 4
+        rows = await n.rows("SELECT status FROM notifications")
+        assert all(r["status"] in ("sent", "delivered") for r in rows)
+
+
+async def _failures_spent(n) -> bool:
+    return n.fake.behaviour.fail_next == 0
+
+
+async def _circuit(n, state: float) -> bool:
+    async with n.http.get(n.url + "/metrics") as r:
+        return f'wabus_notifier_circuit_state{{session="default"}} {state}' in await r.text()
