@@ -8,23 +8,26 @@ import hashlib
 import json
 import logging
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from shared.events import db, outbox
 from shared.events.auth import Principal, Role
+from shared.events.catalog import BroadcastStatusChanged
+from shared.events.envelope import Envelope
 from shared.events.http import Conflict, Invalid, NotFound, json_row, problem, uuid_or_404
 from shared.events.runtime import API_KEYS, POOL, STOPPING
 from shared.phones import InvalidPhone, to_e164
 
-from . import handlers, templates
+from . import audiences, handlers, templates
 from .handlers import Outgoing, sender_of
 from .providers import SendFailed
-from .sending import WAKE_SENDER, Sender, broadcast_progress
+from .sending import PROGRESS, WAKE_SENDER, Sender, broadcast_progress
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +80,34 @@ async def refresh_gauges(app: web.Application, every_s: float) -> None:
             await asyncio.wait_for(stopping.wait(), timeout=every_s)
 
 
+class DepartmentPatients(BaseModel):
+    """A department's patients as recipients: those waiting in its queue, waiting for it to open, or both."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    department: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,15}$"), AfterValidator(str.upper)]
+    patients: audiences.Audience = audiences.Audience.WAITING
+
+
+def _recipient_kind(value: object) -> str | None:
+    if isinstance(value, str):
+        return "phone"
+    return "department" if isinstance(value, dict | DepartmentPatients) else None
+
+
+Recipient = Annotated[
+    Annotated[str, Tag("phone")] | Annotated[DepartmentPatients, Tag("department")],
+    Discriminator(_recipient_kind, custom_error_type="recipient", custom_error_message=(
+        'a phone number, or {"department": …, "patients": "waiting"|"subscribed"|"all"}')),
+]
+
+
 class BroadcastBody(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     message: str | None = Field(None, min_length=1, max_length=4096)
     template: str | None = None
     parameters: dict[str, str | int | float] = Field(default_factory=dict)
     language: str | None = None
-    recipients: list[str] = Field(min_length=1, max_length=100_000)
+    recipients: list[Recipient] = Field(min_length=1, max_length=100_000)
 
     @model_validator(mode="after")
     def _one_text(self) -> BroadcastBody:
@@ -168,18 +192,13 @@ async def _create_broadcast(request: web.Request, principal: Principal, raw: byt
 
     language = templates.language_of(body.language, sender.locale)
     text = body.message or templates.render(body.template, language, body.parameters, sender.templates)
-    valid: dict[str, int] = {}
-    invalid: list[dict[str, Any]] = []
-    for i, number in enumerate(body.recipients):
-        try:
-            phone = to_e164(number, sender.default_region)
-        except InvalidPhone as exc:
-            invalid.append({"index": i, "phone": number, "reason": exc.reason})
-            continue
-        valid.setdefault(phone, i)
+    async with pool.acquire() as conn:
+        recipients = await _recipients(conn, principal.tenant_id, sender, body.recipients)
+    valid, invalid, from_departments = recipients.valid, recipients.invalid, recipients.departments
     if not valid:
-        return problem(400, "no valid recipient", field="recipients", total_recipients=len(body.recipients),
-                       invalid_recipients_count=len(invalid), invalid_recipients=invalid[:INVALID_SHOWN])
+        return problem(400, "no valid recipient", field="recipients", total_recipients=recipients.total,
+                       invalid_recipients_count=len(invalid), invalid_recipients=invalid[:INVALID_SHOWN],
+                       departments=from_departments)
 
     phones = list(valid)
     fingerprint = _fingerprint(text, phones)
@@ -203,15 +222,52 @@ async def _create_broadcast(request: web.Request, principal: Principal, raw: byt
         await conn.execute(
             "INSERT INTO broadcasts (id, tenant_id, status, text, total, invalid, opted_out, fingerprint, created_at)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            broadcast_id, principal.tenant_id, "queued" if to_send else "completed", text, len(body.recipients),
+            broadcast_id, principal.tenant_id, "queued" if to_send else "completed", text, recipients.total,
             len(invalid), len(opted_out), fingerprint, now)
         await handlers.record(conn, sender, f"broadcast:{broadcast_id}",
                               [Outgoing("broadcast", p, text) for p in to_send], now, broadcast_id=broadcast_id)
         answer = await _broadcast_json(conn, principal.tenant_id, broadcast_id)
-    answer.update({"status": "accepted", "idempotent": False,
-                   "invalid_recipients": invalid[:INVALID_SHOWN], "opted_out_count": len(opted_out)})
+    answer.update({"status": "accepted", "idempotent": False, "invalid_recipients": invalid[:INVALID_SHOWN],
+                   "opted_out_count": len(opted_out), "departments": from_departments})
     log.info("broadcast accepted", extra={"broadcast_id": str(broadcast_id), "queued": len(to_send)})
     return web.json_response(answer, status=202)
+
+
+@dataclass
+class Recipients:
+    total: int = 0
+    valid: dict[str, int] = field(default_factory=dict)  # E.164 → where it was first named
+    invalid: list[dict[str, Any]] = field(default_factory=list)
+    departments: list[dict[str, Any]] = field(default_factory=list)  # each department named, and how many it gave
+
+    def add(self, where: int | str, number: str, *, region: str, **about: Any) -> None:
+        self.total += 1
+        try:
+            self.valid.setdefault(to_e164(number, region), where)
+        except InvalidPhone as exc:
+            self.invalid.append({"index": where, "phone": number, **about, "reason": exc.reason})
+
+
+async def _recipients(conn, tenant_id: str, sender: handlers.Sender,
+                      named: list[str | DepartmentPatients]) -> Recipients:
+    """Phone numbers as given, and departments' patients as the notifier knows them now."""
+    out = Recipients()
+    for i, recipient in enumerate(named):
+        if isinstance(recipient, str):
+            out.add(i, recipient, region=sender.default_region)
+            continue
+        patients = await audiences.members(conn, tenant_id, recipient.department, recipient.patients)
+        out.departments.append({"index": i, "department": recipient.department,
+                                "patients": recipient.patients.value, "count": len(patients)})
+        for patient in patients:
+            phone, why_not = handlers.phone_for(patient, sender.default_region)
+            if phone is None:
+                out.total += 1
+                out.invalid.append({"index": i, "department": recipient.department, "chat_id": patient.chat_id,
+                                    "reason": why_not})
+            else:
+                out.add(i, phone, region=sender.default_region, department=recipient.department)
+    return out
 
 
 async def _session_check(sender: Sender, session: str, request: web.Request) -> web.Response | None:
@@ -283,6 +339,10 @@ async def cancel_broadcast(request: web.Request) -> web.Response:
                                " WHERE broadcast_id = $1 AND status = 'queued'", broadcast_id)
             await conn.execute("UPDATE broadcasts SET status = 'cancelled', finished_at = $2 WHERE id = $1",
                                broadcast_id, datetime.now(UTC))
+            p = await conn.fetchrow(PROGRESS, broadcast_id)
+            await outbox.add(conn, [Envelope.new(BroadcastStatusChanged(
+                broadcast_id=str(broadcast_id), status="cancelled", total=p["total"], sent=p["sent"],
+                failed=p["failed"]), tenant_id=principal.tenant_id)])
         answer = await _broadcast_json(conn, principal.tenant_id, broadcast_id)
     return web.json_response(answer)
 

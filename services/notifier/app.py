@@ -14,8 +14,8 @@ from .providers import build_provider
 from .sending import Sender, SenderMetrics
 from .settings import NotifierSettings
 
-_SCHEDULER_NOTICES = ["ticket.issued", "ticket.refused", "turn.approaching", "turn.reached", "position.reported",
-                      "opening.subscribed", "queue.opened"]
+_SCHEDULER_NOTICES = ["ticket.issued", "ticket.refused", "turn.approaching", "turn.reached", "ticket.ended",
+                      "position.reported", "opening.subscribed", "queue.opened"]
 
 
 def build(common: CommonSettings, own: NotifierSettings) -> ServiceSpec:

@@ -21,7 +21,9 @@ from shared.events.catalog import (
     Patient,
     PositionReported,
     QueueOpened,
+    TicketEnded,
     TicketIssued,
+    TicketOutcome,
     TicketRefused,
     TurnApproaching,
     TurnReached,
@@ -32,7 +34,7 @@ from shared.events.envelope import Envelope, Event
 from shared.events.errors import PermanentFailure
 from shared.phones import InvalidPhone, parse_jid, phone_of, to_e164
 
-from . import receipts, templates
+from . import audiences, receipts, templates
 from .sending import WAKE_SENDER
 
 log = logging.getLogger(__name__)
@@ -153,6 +155,12 @@ def outgoing_for(event: Event, sender: Sender) -> list[Outgoing]:
             kind = "already_open" if event.is_open else "subscribed"
             return [_to_patient(sender, event.patient, kind, {"department": event.department_name,
                                                               "code": event.department})]
+        case TicketEnded(outcome=TicketOutcome.CANCELLED, by="patient"):
+            return [_to_patient(sender, event.patient, "ticket_left", {"department": event.department_name,
+                                                                       "ticket": event.ticket})]
+        case TicketEnded(outcome=TicketOutcome.CANCELLED, reason="queue_closed"):
+            return [_to_patient(sender, event.patient, "ticket_cancelled_queue_closed", {
+                "department": event.department_name, "ticket": event.ticket})]
         case QueueOpened():
             return [_to_patient(sender, p, "queue_opened", {"department": event.department_name,
                                                             "code": event.department, "message": event.message})
@@ -161,7 +169,9 @@ def outgoing_for(event: Event, sender: Sender) -> list[Outgoing]:
 
 
 async def notify_patients(envelope: Envelope, conn: asyncpg.Connection) -> list[Event]:
+    """Queue what the event tells its patients, and keep the departments' audiences up to date."""
     sender = await sender_of(conn, envelope.tenant_id)
+    await audiences.follow(conn, envelope.tenant_id, envelope.data, envelope.occurred_at)
     await record(conn, sender, str(envelope.id), outgoing_for(envelope.data, sender), envelope.occurred_at)
     return []
 

@@ -77,6 +77,18 @@ BUILT_IN: dict[str, dict[str, str]] = {
         "ar": "{department} مفتوح: أرسل انضمام {code} للحصول على تذكرة.",
         "he": "{department} פתוחה: שלחו הצטרף {code} כדי לקבל כרטיס.",
     },
+    "ticket_left": {
+        "fr": "Vous avez quitté la file {department} (ticket {ticket}).",
+        "en": "You have left the {department} queue (ticket {ticket}).",
+        "ar": "لقد غادرت طابور {department} (التذكرة {ticket}).",
+        "he": "יצאת מהתור ל{department} (כרטיס {ticket}).",
+    },
+    "ticket_cancelled_queue_closed": {
+        "fr": "La file {department} est fermée : votre ticket {ticket} est annulé.",
+        "en": "The {department} queue has closed: your ticket {ticket} is cancelled.",
+        "ar": "تم إغلاق طابور {department}: تذكرتك {ticket} ملغاة.",
+        "he": "התור ל{department} נסגר: הכרטיס שלך {ticket} בוטל.",
+    },
     "queue_opened": {
         "fr": "{department} est ouvert. Envoyez REJOINDRE {code} pour prendre un ticket. {message}",
         "en": "{department} is now open. Send JOIN {code} to take a ticket. {message}",

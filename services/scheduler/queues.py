@@ -425,7 +425,8 @@ class Queues:
         return events
 
     async def subscribe(self, dept: Department, patient: Patient) -> list[Event]:
-        status = await self.status(dept)
+        # Locked like an opening, so a subscription cannot slip in beside one and be forgotten.
+        status = await self.status(dept, lock=True)
         if not status.is_open:
             await self.conn.execute(
                 "INSERT INTO opening_subscriptions (department_id, chat_id, phone, patient_name, language, created_at)"

@@ -2,10 +2,14 @@
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 
+from shared.events.catalog import OpeningSubscribed, Patient, QueueOpened, TicketEnded, TicketIssued, TurnReached
+from shared.events.envelope import Envelope
+from tests.integration.runtime.conftest import publisher
 from tests.support import eventually
 
-from .conftest import notifier_with_fake
+from .conftest import TENANT, notifier_with_fake
 
 THREE = ["+212693955201", "0693955202", "212693955203"]
 
@@ -123,3 +127,97 @@ async def test_opted_out_patients_are_skipped_and_failed_ones_can_be_retried(iso
 async def _completed(n, broadcast_id: str):
     b = await _broadcast(n, broadcast_id)
     return b if b["status"] == "completed" else None
+
+
+def _patient(digits: str, name: str) -> Patient:
+    return Patient(chat_id=f"{digits}@c.us", phone=f"+{digits}", name=name, language="fr")
+
+
+def _scheduler_event(event) -> Envelope:
+    return Envelope.new(event, tenant_id=TENANT)
+
+
+async def test_a_departments_waiting_and_subscribed_patients_are_recipients(isolated):
+    amina, badr, chama, driss = (_patient("212693955301", "Amina"), _patient("212693955302", "Badr"),
+                                 _patient("212693955303", "Chama"), _patient("212693955304", "Driss"))
+    opd, lab = {"department": "OPD", "department_name": "Consultations"}, {"department": "LAB",
+                                                                             "department_name": "Laboratoire"}
+    async with notifier_with_fake(isolated) as n, publisher(isolated.amqp_url) as pub:
+        for i, patient in enumerate((amina, badr, chama), start=1):
+            await pub.publish(_scheduler_event(TicketIssued(**opd, ticket=f"OPD-00{i}", ticket_id=f"t-{i}",
+                                                            patient=patient, position=i, via="whatsapp")))
+        # Amina is called (no longer waiting), Badr leaves; Chama waits. Driss waits for LAB to open.
+        await pub.publish(_scheduler_event(TurnReached(**opd, ticket="OPD-001", ticket_id="t-1", patient=amina)))
+        await pub.publish(_scheduler_event(TicketEnded(**opd, ticket="OPD-002", ticket_id="t-2", patient=badr,
+                                                       outcome="cancelled", by="patient", reason="left")))
+        await pub.publish(_scheduler_event(OpeningSubscribed(**lab, patient=driss, is_open=False)))
+        await eventually(lambda: _audience_is(n, ["+212693955303", "+212693955304"]), what="audiences followed")
+
+        status, answer = await n.call("POST", "/v1/broadcasts", {
+            "message": "Le médecin aura 30 minutes de retard",
+            "recipients": [{"department": "opd"}, {"department": "LAB", "patients": "subscribed"}, "0693955305"]})
+        assert status == 202, answer
+        assert (answer["total_recipients"], answer["queued_count"]) == (3, 3)
+        assert [(d["department"], d["patients"], d["count"]) for d in answer["departments"]] == [
+            ("OPD", "waiting", 1), ("LAB", "subscribed", 1)]
+        done = await eventually(lambda: _finished(n, answer["broadcast_id"]), what="broadcast finished")
+        assert done["status"] == "completed"
+        delayed = [s.to for s in n.fake.sent if s.text == "Le médecin aura 30 minutes de retard"]
+        assert sorted(delayed) == ["212693955303", "212693955304", "212693955305"]
+
+        # LAB opens: its subscribers were told and are no longer waiting for it.
+        await pub.publish(_scheduler_event(QueueOpened(**lab, opened_at=datetime.now(UTC), opened_by="schedule",
+                                                       subscribers=[driss])))
+        await eventually(lambda: _audience_is(n, ["+212693955303"]), what="subscription ended")
+        await eventually(lambda: _sent_to(n, "212693955304", "Laboratoire est ouvert"), what="subscriber told")
+        status, answer = await n.call("POST", "/v1/broadcasts", {
+            "message": "x", "recipients": [{"department": "LAB", "patients": "all"}]})
+        assert status == 400 and answer["field"] == "recipients"
+        assert answer["departments"][0]["count"] == 0
+        status, answer = await n.call("POST", "/v1/broadcasts", {
+            "message": "x", "recipients": [{"department": "LAB", "patients": "everyone"}]})
+        assert status == 422 and answer["errors"][0]["field"].startswith("recipients.0")
+
+
+async def _sent_to(n, digits: str, beginning: str) -> bool:
+    return any(s.to == digits and s.text.startswith(beginning) for s in n.fake.sent)
+
+
+async def _audience_is(n, phones: list[str]) -> bool:
+    return sorted(r["phone"] for r in await n.rows("SELECT phone FROM audience")) == phones
+
+
+async def test_an_old_subscription_arriving_after_the_opening_is_not_kept(isolated):
+    async with notifier_with_fake(isolated) as n, publisher(isolated.amqp_url) as pub:
+        lab = {"department": "LAB", "department_name": "Laboratoire"}
+        driss = _patient("212693955304", "Driss")
+        subscribed = _scheduler_event(OpeningSubscribed(**lab, patient=driss, is_open=False))
+        opened = _scheduler_event(QueueOpened(**lab, opened_at=datetime.now(UTC), opened_by="staff",
+                                              subscribers=[driss]))
+        await pub.publish(opened)  # the opening overtakes the subscription it ended (another shard)
+        await pub.publish(subscribed)
+        await eventually(lambda: _told(n, 2), what="both notices queued")
+        assert await n.rows("SELECT * FROM audience") == []
+
+
+async def _told(n, count: int) -> bool:
+    return len(await n.rows("SELECT 1 FROM notifications")) >= count
+
+
+async def test_cancelling_a_broadcast_stops_what_is_still_queued(isolated):
+    async with notifier_with_fake(isolated, rate_per_s=5, rate_burst=1, max_in_flight_per_session=1) as n:
+        recipients = [f"+2126939554{i:02d}" for i in range(20)]
+        status, answer = await n.call("POST", "/v1/broadcasts", {"message": "Rappel", "recipients": recipients})
+        assert status == 202
+        await eventually(lambda: _at_least(n, 2), what="first sends")
+        status, cancelled = await n.call("POST", f"/v1/broadcasts/{answer['broadcast_id']}/cancel")
+        assert status == 200 and cancelled["status"] == "cancelled"
+        await asyncio.sleep(1.5)
+        after = await _broadcast(n, answer["broadcast_id"])
+        sent = len(n.fake.sent)
+        assert 2 <= sent < 20 and after["status"] == "cancelled"
+        assert after["counts"]["cancelled"] + after["sent_count"] == 20 and after["sent_count"] == sent
+        status, again = await n.call("POST", f"/v1/broadcasts/{answer['broadcast_id']}/cancel")
+        assert status == 200 and again["status"] == "cancelled"
+        status, _ = await n.call("POST", f"/v1/broadcasts/{uuid.uuid4()}/cancel")
+        assert status == 404
