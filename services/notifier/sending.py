@@ -343,7 +343,8 @@ class Sender:
             return []
         if failure.transient:
             if row["attempts"] < self.settings.max_attempts:
-                delay = failure.retry_after_s or backoff_s(row["attempts"], self.settings.retry_base_s, self.settings.retry_max_s)
+                settings = self.settings
+                delay = failure.retry_after_s or backoff_s(row["attempts"], settings.retry_base_s, settings.retry_max_s)
                 await conn.execute(
                     "UPDATE notifications SET status = 'queued', next_attempt_at = $2, reason = $3 WHERE id = $1",
                     row["id"], now + timedelta(seconds=delay), failure.reason)
@@ -416,7 +417,8 @@ class Sender:
                 " UNION SELECT session FROM sessions")]
         for session in sessions:
             try:
-                state = await asyncio.wait_for(self.provider.session_state(session), timeout=self.settings.send_timeout_s)
+                state = await asyncio.wait_for(self.provider.session_state(session),
+                                               timeout=self.settings.send_timeout_s)
             except (SendFailed, TimeoutError) as exc:
                 log.warning("session check failed", extra={"session": session, "error": str(exc)})
                 continue

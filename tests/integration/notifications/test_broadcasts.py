@@ -26,7 +26,8 @@ async def _finished(n, broadcast_id: str):
 async def test_one_recipient_failing_makes_the_broadcast_partial(isolated):
     async with notifier_with_fake(isolated) as n:
         n.fake.reject("212693955202@c.us")
-        status, answer = await n.call("POST", "/v1/broadcasts", {"message": "Clinic closed Friday", "recipients": THREE})
+        body = {"message": "Clinic closed Friday", "recipients": THREE}
+        status, answer = await n.call("POST", "/v1/broadcasts", body)
         assert status == 202, answer
         assert (answer["status"], answer["total_recipients"], answer["queued_count"],
                 answer["invalid_recipients_count"], answer["idempotent"]) == ("accepted", 3, 3, 0, False)
