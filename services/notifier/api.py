@@ -22,16 +22,17 @@ from shared.events.catalog import BroadcastStatusChanged
 from shared.events.envelope import Envelope
 from shared.events.http import Conflict, Invalid, NotFound, json_row, problem, uuid_or_404
 from shared.events.runtime import API_KEYS, POOL, STOPPING
-from shared.phones import InvalidPhone, to_e164
 
 from . import audiences, handlers, templates
 from .handlers import Outgoing, sender_of
+from .numbers import Numbers
 from .providers import SendFailed
 from .sending import PROGRESS, WAKE_SENDER, Sender, broadcast_progress
 
 log = logging.getLogger(__name__)
 
 SENDER = web.AppKey("sender", Sender)
+NUMBERS = web.AppKey("numbers", Numbers)
 ITEMS = 100
 INVALID_SHOWN = 20
 
@@ -192,8 +193,7 @@ async def _create_broadcast(request: web.Request, principal: Principal, raw: byt
 
     language = templates.language_of(body.language, sender.locale)
     text = body.message or templates.render(body.template, language, body.parameters, sender.templates)
-    async with pool.acquire() as conn:
-        recipients = await _recipients(conn, principal.tenant_id, sender, body.recipients)
+    recipients = await _recipients(pool, request.app[NUMBERS], principal.tenant_id, sender, body.recipients)
     valid, invalid, from_departments = recipients.valid, recipients.invalid, recipients.departments
     if not valid:
         return problem(400, "no valid recipient", field="recipients", total_recipients=recipients.total,
@@ -240,33 +240,34 @@ class Recipients:
     invalid: list[dict[str, Any]] = field(default_factory=list)
     departments: list[dict[str, Any]] = field(default_factory=list)  # each department named, and how many it gave
 
-    def add(self, where: int | str, number: str, *, region: str, **about: Any) -> None:
-        self.total += 1
-        try:
-            self.valid.setdefault(to_e164(number, region), where)
-        except InvalidPhone as exc:
-            self.invalid.append({"index": where, "phone": number, **about, "reason": exc.reason})
 
-
-async def _recipients(conn, tenant_id: str, sender: handlers.Sender,
+async def _recipients(pool, numbers: Numbers, tenant_id: str, sender: handlers.Sender,
                       named: list[str | DepartmentPatients]) -> Recipients:
     """Phone numbers as given, and departments' patients as the notifier knows them now."""
     out = Recipients()
+    phones = [(i, r) for i, r in enumerate(named) if isinstance(r, str)]
+    normalised = await numbers.to_e164([r for _, r in phones], sender.default_region)
+    for (i, number), (phone, why_not) in zip(phones, normalised, strict=True):
+        out.total += 1
+        if phone is None:
+            out.invalid.append({"index": i, "phone": number, "reason": why_not})
+        else:
+            out.valid.setdefault(phone, i)
     for i, recipient in enumerate(named):
         if isinstance(recipient, str):
-            out.add(i, recipient, region=sender.default_region)
             continue
-        patients = await audiences.members(conn, tenant_id, recipient.department, recipient.patients)
+        async with pool.acquire() as conn:
+            patients = await audiences.members(conn, tenant_id, recipient.department, recipient.patients)
         out.departments.append({"index": i, "department": recipient.department,
                                 "patients": recipient.patients.value, "count": len(patients)})
         for patient in patients:
+            out.total += 1
             phone, why_not = handlers.phone_for(patient, sender.default_region)
             if phone is None:
-                out.total += 1
                 out.invalid.append({"index": i, "department": recipient.department, "chat_id": patient.chat_id,
                                     "reason": why_not})
             else:
-                out.add(i, phone, region=sender.default_region, department=recipient.department)
+                out.valid.setdefault(phone, i)
     return out
 
 

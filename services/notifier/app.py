@@ -10,6 +10,7 @@ from shared.events.settings import CommonSettings
 from shared.events.topology import Subscription
 
 from . import api, handlers
+from .numbers import Numbers
 from .providers import build_provider
 from .sending import Sender, SenderMetrics
 from .settings import NotifierSettings
@@ -20,20 +21,24 @@ _SCHEDULER_NOTICES = ["ticket.issued", "ticket.refused", "turn.approaching", "tu
 
 def build(common: CommonSettings, own: NotifierSettings) -> ServiceSpec:
     async def sending(app: web.Application) -> AsyncIterator[None]:
-        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=own.send_timeout_s))
+        # No connection cap of the client's own: each session's gate already bounds its sends in flight.
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=own.send_timeout_s),
+                                     connector=aiohttp.TCPConnector(limit=0))
         provider = build_provider(own.provider, http=http, base_url=own.provider_url, api_key=own.provider_api_key,
                                   timeout_s=own.send_timeout_s)
         sender = Sender(pool=app[POOL], dsn=common.database_url, provider=provider, settings=own,
                         metrics=SenderMetrics(app[METRICS].registry), runtime_metrics=app[METRICS],
                         unavailable_backoff_s=common.unavailable_backoff_s, connect_timeout_s=common.connect_timeout_s)
         app[api.SENDER] = sender
+        app[api.NUMBERS] = numbers = Numbers(own.phone_workers)
+        await numbers.start()
         app[api.GAUGES] = api.NotificationGauges(app[METRICS].registry)
         tasks = [asyncio.create_task(sender.run(app[STOPPING]), name="notifier-sender"),
                  asyncio.create_task(sender.record_outcomes(app[STOPPING]), name="notifier-outcomes"),
                  asyncio.create_task(api.refresh_gauges(app, own.gauges_every_s), name="notifier-gauges")]
         yield
         await asyncio.gather(*tasks)
-        await http.close()
+        await asyncio.gather(http.close(), numbers.close())
 
     return ServiceSpec(
         name="notifier",

@@ -419,8 +419,19 @@ class FakeProvider:
         log.info("fake provider accepted a message", extra={"provider": provider.value, "session": session,
                                                             "to": mask_phone(chat.user),
                                                             "provider_message_id": sent.provider_message_id})
-        self._spawn(self._deliver_acks(sent))
+        if self.behaviour.webhook_url:
+            self._spawn(self._deliver_acks(sent))
+        else:
+            # Nobody to tell: the acks only move the message along for lookups, on timers (no task each).
+            self._reach_acks(sent.provider_message_id, list(self.behaviour.acks))
         return sent
+
+    def _reach_acks(self, message_id: str, acks: list[str]) -> None:
+        if acks and not self._closing.is_set():
+            def reached() -> None:
+                self._ack_reached[message_id] = acks[0]
+                self._reach_acks(message_id, acks[1:])
+            asyncio.get_running_loop().call_later(self.behaviour.ack_delay_s, reached)
 
     # --- acks --------------------------------------------------------------------------------
 
@@ -724,7 +735,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging()
+    configure_logging(os.environ.get("WABUS_LOG_LEVEL", "INFO"))
     try:
         asyncio.run(_serve(args))
     except OSError as exc:

@@ -21,7 +21,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from shared.events import db, outbox
-from shared.events.catalog import BroadcastStatusChanged, NotificationStatusChanged
+from shared.events.catalog import BroadcastStatusChanged
 from shared.events.consumer import until_database
 from shared.events.envelope import Envelope
 from shared.events.logs import log_context, mask_phone
@@ -163,6 +163,7 @@ class Sender:
         self._tasks: set[asyncio.Task] = set()
         self._outcomes: asyncio.Queue = asyncio.Queue()
         self._last_poll = 0.0
+        self._last_housekeeping = 0.0
 
     @property
     def is_active(self) -> bool:
@@ -183,13 +184,16 @@ class Sender:
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             delay = self.settings.idle_poll_s
+            self._wake.clear()  # before the pass: a wake-up during it means one more pass
             try:
                 if not self.is_active:
                     await self._try_lead()
                 if self.is_active:
-                    await self._lock_conn.fetchval("SELECT 1")  # still leading: the lock lives with it
-                    await self._poll_sessions()
-                    await self._reconcile_unknown()
+                    if time.monotonic() - self._last_housekeeping >= self.settings.idle_poll_s:
+                        await self._lock_conn.fetchval("SELECT 1")  # still leading: the lock lives with it
+                        await self._poll_sessions()
+                        await self._reconcile_unknown()
+                        self._last_housekeeping = time.monotonic()
                     delay = await self._dispatch()
             except (db.DatabaseUnavailable, *db.CONNECTION_ERRORS, asyncpg.InterfaceError, OSError,
                     TimeoutError) as exc:
@@ -197,7 +201,6 @@ class Sender:
                 await self._resign()
             except Exception:  # noqa: BLE001 - the sender must outlive any one bad pass
                 log.exception("sender pass failed")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_first(self._wake, stopping), timeout=delay)
         if self._tasks:
@@ -253,8 +256,8 @@ class Sender:
         with log_context(notification_id=row["id"], tenant_id=row["tenant_id"]):
             started = time.perf_counter()
             try:
-                sent = await asyncio.wait_for(self.provider.send_text(row["session"], row["phone"], row["text"]),
-                                              timeout=self.settings.send_timeout_s)
+                async with asyncio.timeout(self.settings.send_timeout_s):
+                    sent = await self.provider.send_text(row["session"], row["phone"], row["text"])
             except TimeoutError:
                 sent = SendFailed(FailureKind.OUTCOME_UNKNOWN, f"no answer within {self.settings.send_timeout_s:g} s")
             except SendFailed as exc:
@@ -264,14 +267,16 @@ class Sender:
                 sent = SendFailed(FailureKind.OUTCOME_UNKNOWN, f"{type(exc).__name__}: {exc}")
             finally:
                 gate.in_flight -= 1
+                if gate.in_flight <= gate.max_in_flight // 2:
+                    self.wake()  # room for a batch: refill now rather than after the outcomes are written
             outcome = "sent" if isinstance(sent, Sent) else sent.kind.value
             self._metrics.send_seconds.labels(self.provider.provider.value, outcome).observe(
                 time.perf_counter() - started)
             gate.answered(sent, time.monotonic(), self.settings.retry_base_s)
-            if isinstance(sent, Sent):
+            if isinstance(sent, Sent) and log.isEnabledFor(logging.INFO):
                 log.info("notification sent", extra={"to": mask_phone(row["phone"]),
                                                      "provider_message_id": sent.provider_message_id})
-            await self._outcomes.put((row, sent))
+            self._outcomes.put_nowait((row, sent))
 
     async def record_outcomes(self, stopping: asyncio.Event) -> None:
         """Write send outcomes in batches: one transaction for whatever finished meanwhile."""
@@ -313,15 +318,14 @@ class Sender:
             "UPDATE notifications n SET status = 'sent', provider_message_id = s.message_id, sent_at = $3,"
             " reason = NULL FROM unnest($1::uuid[], $2::text[]) AS s(id, message_id) WHERE n.id = s.id",
             ids, message_ids, now)
-        events = [Envelope.new(NotificationStatusChanged(notification_id=str(row["id"]), status="sent",
-                                                         provider_message_id=message_id),
-                               tenant_id=row["tenant_id"]) for row, message_id in sent]
+        events = [e for row, message_id in sent for e in receipts.as_envelopes(
+            row, receipts.status_changed(row, "sent", provider_message_id=message_id))]
         early = {r["provider_message_id"] for r in await conn.fetch(
             "SELECT DISTINCT provider_message_id FROM early_acks WHERE provider_message_id = ANY($1::text[])",
             message_ids)}
         for row, message_id in sent:
             if message_id in early:
-                events += await receipts.apply_early(conn, row["id"], row["tenant_id"], "sent", message_id)
+                events += await receipts.apply_early(conn, row, message_id)
         return events
 
     async def _failed(self, conn: asyncpg.Connection, row: asyncpg.Record, failure: SendFailed,
@@ -354,8 +358,7 @@ class Sender:
             reason = failure.reason
         await conn.execute("UPDATE notifications SET status = 'failed', reason = $2, failed_at = $3 WHERE id = $1",
                            row["id"], reason, now)
-        return [Envelope.new(NotificationStatusChanged(notification_id=str(row["id"]), status="failed",
-                                                       reason=reason), tenant_id=row["tenant_id"])]
+        return receipts.as_envelopes(row, receipts.status_changed(row, "failed", reason=reason))
 
     # --- unknown outcomes and session health --------------------------------------------------
 
@@ -397,9 +400,7 @@ class Sender:
                                   " out: not sent again, to never send twice")
                         await conn.execute("UPDATE notifications SET status = 'failed', reason = $2, failed_at = $3"
                                            " WHERE id = $1", row["id"], reason, now)
-                        events = [Envelope.new(NotificationStatusChanged(
-                            notification_id=str(row["id"]), status="failed", reason=reason),
-                            tenant_id=row["tenant_id"])]
+                        events = receipts.as_envelopes(row, receipts.status_changed(row, "failed", reason=reason))
                         resolution = "given_up"
                     if row["broadcast_id"] is not None:
                         events += await broadcast_progress(conn, row["broadcast_id"], now)

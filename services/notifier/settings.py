@@ -30,6 +30,8 @@ class NotifierSettings(BaseSettings):
     session_poll_s: float = Field(30.0, gt=0)
     # How long POST /v1/broadcasts waits on the provider's session status before deciding without it.
     status_check_timeout_s: float = Field(2.0, gt=0)
+    # Worker processes that normalise long recipient lists (0: a thread of this process does it).
+    phone_workers: int = Field(2, ge=0, le=16)
     claim_batch: int = Field(100, ge=1)
     idle_poll_s: float = Field(1.0, gt=0)
     duplicate_window_s: float = Field(300.0, ge=0)

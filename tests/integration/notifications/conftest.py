@@ -25,7 +25,7 @@ TENANT = TENANTS[Provider.WAHA]  # clinic-waha, session "default", region MA
 
 FAST = dict(provider=Provider.WAHA, rate_per_s=0, max_in_flight_per_session=4, send_timeout_s=1.5,
             retry_base_s=0.2, retry_max_s=2, reconcile_after_s=0.5, session_poll_s=0.5, idle_poll_s=0.2,
-            status_check_timeout_s=1.0, gauges_every_s=0.5)
+            status_check_timeout_s=1.0, gauges_every_s=0.5, phone_workers=0)
 
 
 @dataclass

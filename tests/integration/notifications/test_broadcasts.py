@@ -1,13 +1,14 @@
 """Broadcasts: per-recipient status, idempotency, invalid numbers, opt-outs and a session that drops."""
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime
 
 from shared.events.catalog import OpeningSubscribed, Patient, QueueOpened, TicketEnded, TicketIssued, TurnReached
 from shared.events.envelope import Envelope
 from tests.integration.runtime.conftest import publisher
-from tests.support import eventually
+from tests.support import Listener, eventually
 
 from .conftest import TENANT, notifier_with_fake
 
@@ -24,7 +25,8 @@ async def _finished(n, broadcast_id: str):
 
 
 async def test_one_recipient_failing_makes_the_broadcast_partial(isolated):
-    async with notifier_with_fake(isolated) as n:
+    async with notifier_with_fake(isolated) as n, \
+            Listener(isolated.amqp_url, "wabus.notifier", ["notification.status", "broadcast.status"]) as events:
         n.fake.reject("212693955202@c.us")
         body = {"message": "Clinic closed Friday", "recipients": THREE}
         status, answer = await n.call("POST", "/v1/broadcasts", body)
@@ -41,6 +43,13 @@ async def test_one_recipient_failing_makes_the_broadcast_partial(isolated):
         assert [i["phone"] for i in listed["items"]] == ["+212693955202"]
         status, metrics = await n.call("GET", "/v1/notifications/metrics", role="viewer")
         assert metrics["failed_last_5m"] == 1 and metrics["sent_last_5m"] >= 2 and metrics["active_broadcasts"] == 0
+        # The broadcast reports as one; its recipients publish no event each.
+        await eventually(lambda: _published(events, "broadcast.status", "partial"), what="BroadcastStatusChanged")
+        assert {m.routing_key for m in events.messages} == {"broadcast.status"}
+
+
+async def _published(events: Listener, key: str, status: str) -> bool:
+    return any(m.routing_key == key and json.loads(m.body)["data"]["status"] == status for m in events.messages)
 
 
 async def test_a_double_post_is_one_broadcast(isolated):
