@@ -8,8 +8,9 @@ import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
 from . import db, outbox
+from .batching import GroupCommit
 from .catalog import decode
 from .envelope import Envelope
 from .errors import DatabaseUnavailable, InvalidEvent, PermanentFailure, PublishFailed
@@ -34,6 +36,10 @@ _ERROR_LIMIT = 2000
 
 _INSERT_INBOX = """
 INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true
+"""
+
+_INSERT_INBOX_ALL = """
+INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING RETURNING event_id
 """
 
 _INSERT_FAILED = """
@@ -113,6 +119,19 @@ class EventConsumer:
     metrics: Metrics
     unavailable_backoff_s: float
     stopping: asyncio.Event
+    # Deliveries in flight together share one transaction (an unordered queue with prefetch > 1).
+    together: bool = False
+    _group: GroupCommit[Envelope, str] | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        if self.together:
+            self._group = GroupCommit(self.pool, self._apply_all, max_batch=self.subscription.prefetch)
+            self._group.start()
+
+    async def stop(self) -> None:
+        """After the queue's worker has stopped: nothing waits on the group any more."""
+        if self._group is not None:
+            await self._group.stop()
 
     async def process(self, message: AbstractIncomingMessage) -> bool:
         """Settle one delivery; False leaves it unacked, to be redelivered."""
@@ -143,6 +162,44 @@ class EventConsumer:
             return True
 
     async def _apply(self, envelope: Envelope) -> str:
+        if self._group is None:
+            return await self._apply_alone(envelope)
+        try:
+            (outcome,) = await self._group.submit([envelope])
+            return outcome
+        except _FailedInGroup as failed:
+            if failed.event_id == envelope.id:
+                raise failed.cause from None  # this event's own failure: retried as if it had been alone
+            return await self._apply_alone(envelope)  # another event undid the group: this one again, alone
+        except DatabaseUnavailable:
+            raise
+        except Exception:  # noqa: BLE001 - the group's commit failed: this one again, alone
+            return await self._apply_alone(envelope)
+
+    async def _apply_all(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> list[str]:
+        """The group's events in one transaction, in arrival order; any failure undoes them all."""
+        fresh = {r["event_id"] for r in await conn.fetch(_INSERT_INBOX_ALL, self.subscription.queue,
+                                                          [e.id for e in envelopes])}
+        outcomes, caused = [], []
+        for envelope in envelopes:
+            if envelope.id not in fresh:
+                outcomes.append("duplicate")
+                continue
+            fresh.discard(envelope.id)  # the same event twice in one group: the second is a duplicate
+            with log_context(event_id=envelope.id, correlation_id=envelope.correlation_id,
+                             causation_id=envelope.causation_id, tenant_id=envelope.tenant_id):
+                try:
+                    effects = await self.subscription.handler(envelope, self.make_uow(conn))
+                except (DatabaseUnavailable, *db.CONNECTION_ERRORS):
+                    raise
+                except Exception as exc:
+                    raise _FailedInGroup(envelope.id, exc) from exc
+            caused += [c if isinstance(c, Envelope) else envelope.child(c) for c in effects or ()]
+            outcomes.append("applied")
+        await outbox.add(conn, caused)
+        return outcomes
+
+    async def _apply_alone(self, envelope: Envelope) -> str:
         async with db.transaction(self.pool) as conn:
             first_time = await conn.fetchval(_INSERT_INBOX, self.subscription.queue, envelope.id)
             if not first_time:
@@ -306,6 +363,15 @@ class QueueWorker:
         if self._ordered and self._channel is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._channel.close(), timeout=5)
+
+
+class _FailedInGroup(Exception):
+    """A handler failed inside a shared transaction: whose event it was, and why."""
+
+    def __init__(self, event_id: uuid.UUID, cause: Exception):
+        super().__init__(f"event {event_id}: {cause!r}")
+        self.event_id = event_id
+        self.cause = cause
 
 
 class _Stopping(Exception):

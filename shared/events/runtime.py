@@ -135,18 +135,21 @@ async def _outbox_relay(app: web.Application) -> AsyncIterator[None]:
 
 async def _consumers(app: web.Application) -> AsyncIterator[None]:
     s, spec, metrics, stopping = app[SETTINGS], app[SPEC], app[METRICS], app[STOPPING]
-    workers = []
+    workers, consumers = [], []
     for sub in spec.subscriptions:
         # A shard is taken one delivery at a time: that is what keeps its order.
         prefetch = 1 if sub.shards else sub.prefetch
+        ordered = bool(sub.shards or sub.single_active)
         for queue in topology.consumed_queues(sub):
             consumer = EventConsumer(
                 service=spec.name, subscription=sub, queue=queue, pool=app[POOL], publisher=app[PUBLISHER],
                 make_uow=spec.unit_of_work, metrics=metrics, unavailable_backoff_s=s.unavailable_backoff_s,
-                stopping=stopping,
+                stopping=stopping, together=not ordered and prefetch > 1,
             )
+            consumer.start()
+            consumers.append(consumer)
             workers.append(QueueWorker(queue, prefetch, consumer.process, stop_timeout_s=s.shutdown_timeout_s,
-                                       ordered=bool(sub.shards or sub.single_active)))
+                                       ordered=ordered))
     collector = DeadLetterCollector(service=spec.name, pool=app[POOL], metrics=metrics,
                                     unavailable_backoff_s=s.unavailable_backoff_s, stopping=stopping)
     workers.append(QueueWorker(topology.dead_queue(spec.name), 8, collector.process,
@@ -155,6 +158,7 @@ async def _consumers(app: web.Application) -> AsyncIterator[None]:
         await worker.start(app[AMQP])
     yield
     await asyncio.gather(*(w.stop() for w in workers))
+    await asyncio.gather(*(c.stop() for c in consumers))
 
 
 async def _jobs(app: web.Application) -> AsyncIterator[None]:

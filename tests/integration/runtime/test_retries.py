@@ -146,3 +146,41 @@ async def test_what_the_broker_dead_letters_by_itself_lands_in_the_store(isolate
     assert failed["subscription"] == "processor.turns"
     assert failed["reason"] == "broker dead-lettered: delivery_limit"
     assert failed["event_id"] == str(envelope.id) and failed["tenant_id"] == "clinic-a"
+
+
+class FailsOne:
+    """Applies every event but one, which it always fails after writing its effect."""
+
+    def __init__(self, bad: Envelope):
+        self.bad = bad.id
+        self.calls: dict[str, int] = {}
+
+    async def __call__(self, envelope: Envelope, conn):
+        self.calls[str(envelope.id)] = self.calls.get(str(envelope.id), 0) + 1
+        caused = await record_effect(envelope, conn)
+        if envelope.id == self.bad:
+            raise RuntimeError("boom")
+        return caused
+
+
+async def test_events_sharing_a_transaction_do_not_share_one_events_failure(isolated, effects):
+    envelopes = [turn(100 + i) for i in range(60)]
+    handler = FailsOne(envelopes[30])
+    async with serve(isolated.settings(), consumer_spec(handler, max_attempts=2, retry_base_s=0.05)), \
+            publisher(isolated.amqp_url) as pub:
+        await asyncio.gather(*(pub.publish(e) for e in envelopes))
+        await eventually(lambda: effects.failed(), what="the failing event dead-lettered")
+        await eventually(lambda: _at_least(effects.count(), 59), what="the others applied")
+        await asyncio.sleep(0.5)
+    # Every other event applied exactly once; the failing one's own writes were undone each time.
+    assert await effects.per_event() == {str(e.id): 1 for e in envelopes if e.id != handler.bad}
+    (failed,) = await effects.failed()
+    assert failed["event_id"] == str(handler.bad) and failed["attempts"] == 2
+    assert handler.calls[str(handler.bad)] == 2  # once per attempt: its own failure is not run again alone
+    # They did share: fewer transactions (inbox rows carry their transaction's start) than events.
+    (shared,) = await effects._fetch("SELECT count(DISTINCT applied_at) FROM inbox")
+    assert shared[0] < 59
+
+
+async def _at_least(count, n: int) -> bool:
+    return await count >= n
