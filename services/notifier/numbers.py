@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import signal
 from concurrent.futures import ProcessPoolExecutor
 
 from shared.phones import to_e164_each
 
 IN_A_THREAD_UP_TO = 500
+
+
+def _leave_signals_to_the_service() -> None:
+    # Ctrl-C reaches the whole process group: the service shuts its workers down in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Numbers:
@@ -25,7 +31,8 @@ class Numbers:
         """Start the workers and let each import phonenumbers now, not in the first big request."""
         if self._workers:
             # spawn, not fork: a fork of a process with a running event loop and threads is not safe.
-            self._pool = ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_leave_signals_to_the_service)
             loop = asyncio.get_running_loop()
             await asyncio.gather(*(loop.run_in_executor(self._pool, to_e164_each, ["+212600000000"], None)
                                    for _ in range(self._workers)))
