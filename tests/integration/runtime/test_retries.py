@@ -166,9 +166,13 @@ class FailsOne:
 async def test_events_sharing_a_transaction_do_not_share_one_events_failure(isolated, effects):
     envelopes = [turn(100 + i) for i in range(60)]
     handler = FailsOne(envelopes[30])
-    async with serve(isolated.settings(), consumer_spec(handler, max_attempts=2, retry_base_s=0.05)), \
-            publisher(isolated.amqp_url) as pub:
+    spec = consumer_spec(handler, max_attempts=2, retry_base_s=0.05)
+    async with serve(isolated.settings(), spec):
+        pass  # the queues exist now
+    async with publisher(isolated.amqp_url) as pub:
         await asyncio.gather(*(pub.publish(e) for e in envelopes))
+    # All waiting when the consumer starts: they arrive together, as under load.
+    async with serve(isolated.settings(), spec):
         await eventually(lambda: effects.failed(), what="the failing event dead-lettered")
         await eventually(lambda: _at_least(effects.count(), 59), what="the others applied")
         await asyncio.sleep(0.5)
