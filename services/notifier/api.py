@@ -14,20 +14,19 @@ from typing import Annotated, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from shared.events import db, outbox
 from shared.events.auth import Principal, Role
-from shared.events.catalog import BroadcastStatusChanged
-from shared.events.envelope import Envelope
+from shared.events.catalog import DepartmentCode
 from shared.events.http import Conflict, Invalid, NotFound, json_row, problem, uuid_or_404
 from shared.events.runtime import API_KEYS, POOL, STOPPING
 
-from . import audiences, handlers, templates
+from . import audiences, handlers, sending, templates
 from .handlers import Outgoing, sender_of
 from .numbers import Numbers
 from .providers import SendFailed
-from .sending import PROGRESS, WAKE_SENDER, Sender, broadcast_progress
+from .sending import WAKE_SENDER, Sender, broadcast_progress
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ class DepartmentPatients(BaseModel):
     """A department's patients as recipients: those waiting in its queue, waiting for it to open, or both."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-    department: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,15}$"), AfterValidator(str.upper)]
+    department: DepartmentCode
     patients: audiences.Audience = audiences.Audience.WAITING
 
 
@@ -340,10 +339,7 @@ async def cancel_broadcast(request: web.Request) -> web.Response:
                                " WHERE broadcast_id = $1 AND status = 'queued'", broadcast_id)
             await conn.execute("UPDATE broadcasts SET status = 'cancelled', finished_at = $2 WHERE id = $1",
                                broadcast_id, datetime.now(UTC))
-            p = await conn.fetchrow(PROGRESS, broadcast_id)
-            await outbox.add(conn, [Envelope.new(BroadcastStatusChanged(
-                broadcast_id=str(broadcast_id), status="cancelled", total=p["total"], sent=p["sent"],
-                failed=p["failed"]), tenant_id=principal.tenant_id)])
+            await outbox.add(conn, await sending.cancelled(conn, principal.tenant_id, broadcast_id))
         answer = await _broadcast_json(conn, principal.tenant_id, broadcast_id)
     return web.json_response(answer)
 

@@ -443,7 +443,7 @@ async def hold_session(conn: asyncpg.Connection, session: str, reason: str, now:
         " can_send = false, source = 'send', changed_at = $2, checked_at = $2", session, now)
 
 
-PROGRESS = """
+_PROGRESS = """
 SELECT count(*) FILTER (WHERE status IN ('queued', 'sending', 'unknown')) AS pending,
        count(*) FILTER (WHERE status IN ('sent', 'delivered', 'read')) AS sent,
        count(*) FILTER (WHERE status = 'failed') AS failed,
@@ -457,7 +457,7 @@ async def broadcast_progress(conn: asyncpg.Connection, broadcast_id: uuid.UUID, 
     current = await conn.fetchrow("SELECT tenant_id, status FROM broadcasts WHERE id = $1 FOR UPDATE", broadcast_id)
     if current is None or current["status"] == "cancelled":
         return []
-    p = await conn.fetchrow(PROGRESS, broadcast_id)
+    p = await conn.fetchrow(_PROGRESS, broadcast_id)
     if p["pending"]:
         status = "running"
     elif p["failed"] == 0:
@@ -471,8 +471,17 @@ async def broadcast_progress(conn: asyncpg.Connection, broadcast_id: uuid.UUID, 
     await conn.execute("UPDATE broadcasts SET status = $2::text,"
                        " finished_at = CASE WHEN $2::text <> 'running' THEN $3::timestamptz END WHERE id = $1",
                        broadcast_id, status, now)
-    return [Envelope.new(BroadcastStatusChanged(broadcast_id=str(broadcast_id), status=status, total=p["total"],
-                                                sent=p["sent"], failed=p["failed"]), tenant_id=current["tenant_id"])]
+    return [broadcast_changed(current["tenant_id"], broadcast_id, status, p)]
+
+
+async def cancelled(conn: asyncpg.Connection, tenant_id: str, broadcast_id: uuid.UUID) -> list[Envelope]:
+    """The event for a broadcast just cancelled, with its counts as they stand."""
+    return [broadcast_changed(tenant_id, broadcast_id, "cancelled", await conn.fetchrow(_PROGRESS, broadcast_id))]
+
+
+def broadcast_changed(tenant_id: str, broadcast_id: uuid.UUID, status: str, progress: asyncpg.Record) -> Envelope:
+    return Envelope.new(BroadcastStatusChanged(broadcast_id=str(broadcast_id), status=status, total=progress["total"],
+                                               sent=progress["sent"], failed=progress["failed"]), tenant_id=tenant_id)
 
 
 async def _first(*events: asyncio.Event) -> None:

@@ -20,7 +20,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared.events import db, outbox
 from shared.events.auth import Principal, Role
-from shared.events.catalog import Patient, TicketOutcome, TicketRefused, TicketVia
+from shared.events.catalog import DepartmentCode, Patient, TicketOutcome, TicketRefused, TicketVia
 from shared.events.envelope import Envelope, Event
 from shared.events.http import CORRELATION_HEADER, Invalid, NotFound, json_row, json_value, uuid_or_404
 from shared.events.runtime import API_KEYS, POOL
@@ -49,7 +49,6 @@ def _region(value: str) -> str:
     return value
 
 
-Code = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,15}$"), AfterValidator(str.upper)]
 Timezone = Annotated[str, AfterValidator(_zone)]
 Region = Annotated[str, AfterValidator(_region)]
 Text = Annotated[str, Field(min_length=1, max_length=500)]
@@ -57,7 +56,7 @@ Text = Annotated[str, Field(min_length=1, max_length=500)]
 
 class DepartmentBody(BaseModel):
     model_config = BODY
-    code: Code
+    code: DepartmentCode
     name: str = Field(min_length=1, max_length=120)
     timezone: Timezone
     phone_region: Region
@@ -145,7 +144,7 @@ class ReasonBody(BaseModel):
 
 class TransferBody(BaseModel):
     model_config = BODY
-    department: Code
+    department: DepartmentCode
     reason: Text | None = None
 
 
@@ -157,7 +156,7 @@ class TicketQuery(BaseModel):
 
 class AuditQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    department: Code | None = None
+    department: DepartmentCode | None = None
     since: AwareDatetime | None = None
     until: AwareDatetime | None = None
     before: int | None = Field(None, ge=1, description="the `next` cursor of the previous page")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from .envelope import Envelope, Event, UtcDatetime
 from .errors import InvalidEvent, UnknownEventType, UnsupportedEventVersion
@@ -156,6 +156,10 @@ class MessageProcessed(Event):
 
 
 # --- scheduler --------------------------------------------------------------------------------
+
+
+# A department's code as staff and patients type it (`opd`), kept upper-case (`OPD`).
+DepartmentCode = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,15}$"), AfterValidator(str.upper)]
 
 
 class Patient(BaseModel):

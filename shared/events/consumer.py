@@ -194,7 +194,7 @@ class EventConsumer:
                     raise
                 except Exception as exc:
                     raise _FailedInGroup(envelope.id, exc) from exc
-            caused += [c if isinstance(c, Envelope) else envelope.child(c) for c in effects or ()]
+            caused += _as_caused(envelope, effects)
             outcomes.append("applied")
         await outbox.add(conn, caused)
         return outcomes
@@ -205,7 +205,7 @@ class EventConsumer:
             if not first_time:
                 return "duplicate"  # redelivery; the effect is already committed
             caused = await self.subscription.handler(envelope, self.make_uow(conn))
-            await outbox.add(conn, [c if isinstance(c, Envelope) else envelope.child(c) for c in caused or ()])
+            await outbox.add(conn, _as_caused(envelope, caused))
         return "applied"
 
     async def _until_database(self, work: Callable[[], Awaitable[Any]]) -> Any:
@@ -363,6 +363,11 @@ class QueueWorker:
         if self._ordered and self._channel is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._channel.close(), timeout=5)
+
+
+def _as_caused(envelope: Envelope, effects: list | None) -> list[Envelope]:
+    """What a handler returned, as envelopes: plain events become children of the one it handled."""
+    return [c if isinstance(c, Envelope) else envelope.child(c) for c in effects or ()]
 
 
 class _FailedInGroup(Exception):
