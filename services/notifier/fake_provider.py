@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.events.catalog import Provider
 from shared.events.logs import configure_logging, mask_phone
+from shared.events.runtime import settle_garbage_collector
 from shared.phones import Jid, parse_jid
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,8 @@ class FakeProvider:
         self.sent: list[FakeSent] = []
         self.url = ""
         self._ack_reached: dict[str, str] = {}
+        # Without a webhook to post to, acks only need to be right when asked: (sent at, delay, acks).
+        self._ack_plans: dict[str, tuple[float, float, tuple[str, ...]]] = {}
         self._taken = 0
         self._recorded = asyncio.Condition()
         self._closing = asyncio.Event()
@@ -190,6 +193,7 @@ class FakeProvider:
         cleared = len(self.sent)
         self.sent.clear()
         self._ack_reached.clear()
+        self._ack_plans.clear()
         self._taken = 0
         return cleared
 
@@ -334,7 +338,7 @@ class FakeProvider:
         return None
 
     def _wa_message(self, sent: FakeSent) -> dict[str, Any]:
-        ack, ack_name = WAHA_ACKS[self._ack_reached.get(sent.provider_message_id, "pending")]
+        ack, ack_name = WAHA_ACKS[self._ack_of(sent.provider_message_id)]
         return {"id": f"true_{sent.chat_id}_{sent.provider_message_id}", "timestamp": int(sent.at),
                 "from": f"{ME}@c.us", "fromMe": True, "source": "api", "to": sent.chat_id, "body": sent.text,
                 "hasMedia": False, "ack": ack, "ackName": ack_name, "_data": {}}
@@ -416,22 +420,28 @@ class FakeProvider:
         async with self._recorded:
             self.sent.append(sent)
             self._recorded.notify_all()
-        log.info("fake provider accepted a message", extra={"provider": provider.value, "session": session,
-                                                            "to": mask_phone(chat.user),
-                                                            "provider_message_id": sent.provider_message_id})
+        if log.isEnabledFor(logging.INFO):
+            log.info("fake provider accepted a message", extra={"provider": provider.value, "session": session,
+                                                                "to": mask_phone(chat.user),
+                                                                "provider_message_id": sent.provider_message_id})
         if self.behaviour.webhook_url:
             self._spawn(self._deliver_acks(sent))
         else:
-            # Nobody to tell: the acks only move the message along for lookups, on timers (no task each).
-            self._reach_acks(sent.provider_message_id, list(self.behaviour.acks))
+            # Nobody to tell: the acks only move the message along for lookups, worked out when asked.
+            self._ack_plans[sent.provider_message_id] = (time.monotonic(), self.behaviour.ack_delay_s,
+                                                         tuple(self.behaviour.acks))
         return sent
 
-    def _reach_acks(self, message_id: str, acks: list[str]) -> None:
-        if acks and not self._closing.is_set():
-            def reached() -> None:
-                self._ack_reached[message_id] = acks[0]
-                self._reach_acks(message_id, acks[1:])
-            asyncio.get_running_loop().call_later(self.behaviour.ack_delay_s, reached)
+    def _ack_of(self, message_id: str) -> str:
+        """The last ack a message has reached: posted by `_deliver_acks`, or due by its plan."""
+        if message_id in self._ack_reached:
+            return self._ack_reached[message_id]
+        plan = self._ack_plans.get(message_id)
+        if plan is None:
+            return "pending"
+        since, delay, acks = plan
+        reached = len(acks) if delay <= 0 else min(len(acks), int((time.monotonic() - since) / delay))
+        return acks[reached - 1] if reached else "pending"
 
     # --- acks --------------------------------------------------------------------------------
 
@@ -478,8 +488,7 @@ class FakeProvider:
     # --- control, over HTTP ------------------------------------------------------------------
 
     async def _control_sent(self, request: web.Request) -> web.Response:
-        acks = self._ack_reached
-        return web.json_response({"sent": [{**s.as_json(), "ack": acks.get(s.provider_message_id, "pending")}
+        return web.json_response({"sent": [{**s.as_json(), "ack": self._ack_of(s.provider_message_id)}
                                            for s in self.sent]})
 
     async def _control_clear(self, request: web.Request) -> web.Response:
@@ -750,6 +759,7 @@ async def _serve(args: argparse.Namespace) -> None:
                "webhook_secret": args.webhook_secret, "acks": acks, "ack_delay_s": args.ack_delay_s,
                "latency_s": args.latency_s}
     async with running_fake_provider(host=args.host, port=args.port, **options) as fake:
+        settle_garbage_collector()  # it shares the machine with what it is faking for
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
