@@ -2,7 +2,11 @@
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 
+import asyncpg
+
+from services.notifier.sending import _DUE_SESSIONS, _QUEUED_SESSIONS
 from shared.events.catalog import Patient, TurnReached
 from shared.events.envelope import Envelope
 from tests.integration.runtime.conftest import publisher
@@ -149,3 +153,25 @@ async def _failures_spent(n) -> bool:
 async def _circuit(n, state: float) -> bool:
     async with n.http.get(n.url + "/metrics") as r:
         return f'wabus_notifier_circuit_state{{session="default"}} {state}' in await r.text()
+
+
+async def test_the_sender_finds_each_session_with_due_messages_and_skips_held_ones(isolated):
+    now = datetime.now(UTC)
+    rows = [("a", "queued", now), ("a", "sent", now), ("b", "queued", now + timedelta(minutes=5)),
+            ("c", "queued", now), ("d", "sent", now), ("e", "queued", now - timedelta(minutes=1)),
+            ("e", "queued", now)]
+    conn = await asyncpg.connect(isolated.database_url, server_settings={"search_path": "notifier"})
+    try:
+        for i, (session, status, due) in enumerate(rows):
+            await conn.execute(
+                "INSERT INTO notifications (id, tenant_id, session, kind, cause, phone, text, status,"
+                " next_attempt_at, created_at) VALUES (gen_random_uuid(), $1, $2, 'reply', $3, '+212693955230',"
+                " 'hello', $4, $5, $6)", TENANT, session, f"cause-{i}", status, due, now)
+        await conn.execute("INSERT INTO sessions (session, status, connected, can_send, source, changed_at,"
+                           " checked_at) VALUES ('c', 'not_ready', false, false, 'send', $1, $1)", now)
+        due_now = [r["session"] for r in await conn.fetch(_DUE_SESSIONS, now)]
+        queued = [r["session"] for r in await conn.fetch(_QUEUED_SESSIONS, datetime.max.replace(tzinfo=UTC))]
+    finally:
+        await conn.close()
+    assert due_now == ["a", "e"]
+    assert queued == ["a", "b", "c", "e"]
