@@ -23,7 +23,7 @@ from shared.events.http import Conflict, Invalid, NotFound, json_row, problem, u
 from shared.events.runtime import API_KEYS, POOL, STOPPING
 
 from . import audiences, handlers, sending, templates
-from .handlers import Outgoing, sender_of
+from .handlers import sender_of
 from .numbers import Numbers
 from .providers import SendFailed
 from .sending import WAKE_SENDER, Sender, broadcast_progress
@@ -223,8 +223,7 @@ async def _create_broadcast(request: web.Request, principal: Principal, raw: byt
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             broadcast_id, principal.tenant_id, "queued" if to_send else "completed", text, recipients.total,
             len(invalid), len(opted_out), fingerprint, now)
-        await handlers.record(conn, sender, f"broadcast:{broadcast_id}",
-                              [Outgoing("broadcast", p, text) for p in to_send], now, broadcast_id=broadcast_id)
+        await handlers.queue_broadcast(conn, sender, broadcast_id, text, to_send, now)
         answer = await _broadcast_json(conn, principal.tenant_id, broadcast_id)
     answer.update({"status": "accepted", "idempotent": False, "invalid_recipients": invalid[:INVALID_SHOWN],
                    "opted_out_count": len(opted_out), "departments": from_departments})

@@ -93,20 +93,36 @@ ON CONFLICT (cause, phone) DO NOTHING
 """
 
 
-async def record(conn: asyncpg.Connection, sender: Sender, cause: str, outgoing: list[Outgoing], at: datetime,
-                 broadcast_id: uuid.UUID | None = None) -> int:
+async def record(conn: asyncpg.Connection, sender: Sender, cause: str, outgoing: list[Outgoing], at: datetime) -> int:
     """Queue messages (or record why one cannot go); returns how many rows are new."""
     if not outgoing:
         return 0
     n = len(outgoing)
     status = await conn.execute(
         _INSERT, [uuid.uuid4() for _ in range(n)], [sender.tenant_id] * n, [sender.session] * n,
-        [o.kind for o in outgoing], [cause] * n, [broadcast_id] * n,
+        [o.kind for o in outgoing], [cause] * n, [None] * n,
         [o.phone or f"invalid:{i}" for i, o in enumerate(outgoing)], [o.text for o in outgoing],
         ["failed" if o.problem else "queued" for o in outgoing], [o.problem for o in outgoing], [at] * n,
         [at if o.problem else None for o in outgoing])
     await conn.execute(WAKE_SENDER)
     return int(status.split()[-1])
+
+
+# One text to many numbers: only the numbers travel, the rest is said once.
+_INSERT_BROADCAST = """
+INSERT INTO notifications (id, tenant_id, session, kind, cause, broadcast_id, phone, text, status,
+                           next_attempt_at, created_at)
+SELECT gen_random_uuid(), $1, $2, 'broadcast', 'broadcast:' || $3::uuid, $3, phone, $4, 'queued', $5, $5
+FROM unnest($6::text[]) AS phone
+"""
+
+
+async def queue_broadcast(conn: asyncpg.Connection, sender: Sender, broadcast_id: uuid.UUID, text: str,
+                          phones: list[str], at: datetime) -> None:
+    """A broadcast's messages, one per (distinct, valid) number: 10,000 rows in one statement."""
+    if phones:
+        await conn.execute(_INSERT_BROADCAST, sender.tenant_id, sender.session, broadcast_id, text, at, phones)
+        await conn.execute(WAKE_SENDER)
 
 
 def phone_for(patient: Patient, region: str) -> tuple[str | None, str | None]:
