@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aio_pika
 import asyncpg
+import uvloop
 
 from shared.events import auth, db, deadletters, topology
 from shared.events.asyncapi import render as render_asyncapi
@@ -87,7 +88,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     common = CommonSettings()
-    asyncio.run(run_service(common, BUILDERS[args.service](common)))
+    # uvloop: the same asyncio, with less overhead per socket event, which a busy service pays on every message.
+    uvloop.run(run_service(common, BUILDERS[args.service](common)))
     return 0
 
 

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 
 import pytest
+import uvloop
 
 from services.cli import BUILDERS
 from shared.events.settings import CommonSettings
@@ -79,6 +80,11 @@ async def isolated(broker: Broker, postgres: Postgres):
     await postgres.drop(database)
     # Now, not at the end of the run: a broker holding every test's quorum queues slows to a crawl.
     await broker.drop_vhost(vhost)
+
+
+def pytest_asyncio_loop_factories(config, item):
+    # The event loop the services run on (`wabus run`): the tests run on the same one.
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def pytest_report_header(config):
