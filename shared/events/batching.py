@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 import asyncpg
 
 from . import db
+from .errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,14 @@ class _Pending(Generic[T, R]):
 
 class GroupCommit(Generic[T, R]):
     def __init__(self, pool: asyncpg.Pool, apply: Callable[[asyncpg.Connection, list[T]], Awaitable[list[R]]], *,
-                 max_batch: int = 1000, acquire_timeout_s: float = 10.0):
+                 max_batch: int = 1000, acquire_timeout_s: float = 10.0, outage_backoff_s: float | None = None,
+                 stopping: asyncio.Event | None = None):
         self._pool = pool
         self._acquire_timeout_s = acquire_timeout_s
+        # Set: an unreachable database holds the batch, tried again until it answers (or `stopping`),
+        # so that no later batch commits before it. Unset: the callers get DatabaseUnavailable at once.
+        self._outage_backoff_s = outage_backoff_s
+        self._stopping = stopping
         self._apply = apply
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Pending[T, R]] = asyncio.Queue()
@@ -70,8 +76,7 @@ class GroupCommit(Generic[T, R]):
                 count += len(pending.items)
             items = [item for pending in batch for item in pending.items]
             try:
-                async with db.transaction(self._pool, acquire_timeout=self._acquire_timeout_s) as conn:
-                    results = await self._apply(conn, items)
+                results = await self._commit(items)
             except asyncio.CancelledError:
                 for pending in batch:
                     if not pending.future.done():
@@ -87,3 +92,14 @@ class GroupCommit(Generic[T, R]):
                 if not pending.future.done():  # the caller may have gone (client disconnected)
                     pending.future.set_result(results[offset:offset + len(pending.items)])
                 offset += len(pending.items)
+
+    async def _commit(self, items: list[T]) -> list[R]:
+        while True:
+            try:
+                async with db.transaction(self._pool, acquire_timeout=self._acquire_timeout_s) as conn:
+                    return await self._apply(conn, items)
+            except DatabaseUnavailable:
+                if self._outage_backoff_s is None or (self._stopping is not None and self._stopping.is_set()):
+                    raise
+                log.warning("database unavailable; group held", extra={"items": len(items)})
+                await asyncio.sleep(self._outage_backoff_s)

@@ -119,13 +119,15 @@ class EventConsumer:
     metrics: Metrics
     unavailable_backoff_s: float
     stopping: asyncio.Event
-    # Deliveries in flight together share one transaction (an unordered queue with prefetch > 1).
+    # Deliveries in flight together share one transaction (any queue with prefetch > 1). One worker
+    # applies the groups, each in arrival order: a shard's order holds.
     together: bool = False
-    _group: GroupCommit[Envelope, str] | None = field(default=None, init=False)
+    _group: GroupCommit[Envelope, str | Exception] | None = field(default=None, init=False)
 
     def start(self) -> None:
         if self.together:
-            self._group = GroupCommit(self.pool, self._apply_all, max_batch=self.subscription.prefetch)
+            self._group = GroupCommit(self.pool, self._apply_group, max_batch=self.subscription.prefetch,
+                                      outage_backoff_s=self.unavailable_backoff_s, stopping=self.stopping)
             self._group.start()
 
     async def stop(self) -> None:
@@ -164,20 +166,38 @@ class EventConsumer:
     async def _apply(self, envelope: Envelope) -> str:
         if self._group is None:
             return await self._apply_alone(envelope)
+        (outcome,) = await self._group.submit([envelope])
+        if isinstance(outcome, Exception):
+            raise outcome  # this event's own failure: retried as if it had been alone
+        return outcome
+
+    async def _apply_group(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> list[str | Exception]:
+        """The group in one transaction. If a handler fails, the group is undone and applied again one
+        event at a time, each in a savepoint, in the same order and before the next group: the failure
+        stays with its own event, and the others commit without it."""
         try:
-            (outcome,) = await self._group.submit([envelope])
-            return outcome
+            async with conn.transaction():
+                return await self._apply_all(conn, envelopes)
         except _FailedInGroup as failed:
-            if failed.event_id == envelope.id:
-                raise failed.cause from None  # this event's own failure: retried as if it had been alone
-            return await self._apply_alone(envelope)  # another event undid the group: this one again, alone
-        except DatabaseUnavailable:
-            raise
-        except Exception:  # noqa: BLE001 - the group's commit failed: this one again, alone
-            return await self._apply_alone(envelope)
+            failure = failed
+        outcomes: list[str | Exception] = []
+        for envelope in envelopes:
+            if envelope.id == failure.event_id:
+                outcomes.append(failure.cause)  # not run again: its own attempt has failed
+                continue
+            with log_context(event_id=envelope.id, correlation_id=envelope.correlation_id,
+                             causation_id=envelope.causation_id, tenant_id=envelope.tenant_id):
+                try:
+                    async with conn.transaction():
+                        outcomes.append(await self._apply_one(conn, envelope))
+                except (DatabaseUnavailable, *db.CONNECTION_ERRORS):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - handed to this event's own retry path
+                    outcomes.append(exc)
+        return outcomes
 
     async def _apply_all(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> list[str]:
-        """The group's events in one transaction, in arrival order; any failure undoes them all."""
+        """The group's events, in arrival order; any failure undoes them all."""
         fresh = {r["event_id"] for r in await conn.fetch(_INSERT_INBOX_ALL, self.subscription.queue,
                                                           [e.id for e in envelopes])}
         outcomes, caused = [], []
@@ -201,11 +221,14 @@ class EventConsumer:
 
     async def _apply_alone(self, envelope: Envelope) -> str:
         async with db.transaction(self.pool) as conn:
-            first_time = await conn.fetchval(_INSERT_INBOX, self.subscription.queue, envelope.id)
-            if not first_time:
-                return "duplicate"  # redelivery; the effect is already committed
-            caused = await self.subscription.handler(envelope, self.make_uow(conn))
-            await outbox.add(conn, _as_caused(envelope, caused))
+            return await self._apply_one(conn, envelope)
+
+    async def _apply_one(self, conn: asyncpg.Connection, envelope: Envelope) -> str:
+        first_time = await conn.fetchval(_INSERT_INBOX, self.subscription.queue, envelope.id)
+        if not first_time:
+            return "duplicate"  # redelivery; the effect is already committed
+        caused = await self.subscription.handler(envelope, self.make_uow(conn))
+        await outbox.add(conn, _as_caused(envelope, caused))
         return "applied"
 
     async def _until_database(self, work: Callable[[], Awaitable[Any]]) -> Any:

@@ -138,14 +138,15 @@ async def _consumers(app: web.Application) -> AsyncIterator[None]:
     s, spec, metrics, stopping = app[SETTINGS], app[SPEC], app[METRICS], app[STOPPING]
     workers, consumers = [], []
     for sub in spec.subscriptions:
-        # A shard is taken one delivery at a time: that is what keeps its order.
-        prefetch = 1 if sub.shards else sub.prefetch
+        # An ordered queue's deliveries in hand are applied by the consumer's one group worker, in
+        # arrival order: that is what keeps a shard's order.
+        prefetch = sub.prefetch
         ordered = bool(sub.shards or sub.single_active)
         for queue in topology.consumed_queues(sub):
             consumer = EventConsumer(
                 service=spec.name, subscription=sub, queue=queue, pool=app[POOL], publisher=app[PUBLISHER],
                 make_uow=spec.unit_of_work, metrics=metrics, unavailable_backoff_s=s.unavailable_backoff_s,
-                stopping=stopping, together=not ordered and prefetch > 1,
+                stopping=stopping, together=prefetch > 1,
             )
             consumer.start()
             consumers.append(consumer)

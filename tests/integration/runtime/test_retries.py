@@ -186,5 +186,28 @@ async def test_events_sharing_a_transaction_do_not_share_one_events_failure(isol
     assert shared[0] < 59
 
 
+async def test_a_shards_events_share_transactions_in_order_and_one_failure_stays_its_own(isolated, effects):
+    # One patient's chat: every event goes to the same shard, whose order must hold.
+    envelopes = [turn(200 + i) for i in range(60)]
+    handler = FailsOne(envelopes[30])
+    spec = consumer_spec(handler, shards=2, max_attempts=2, retry_base_s=0.05)
+    async with serve(isolated.settings(), spec):
+        pass  # the queues exist now
+    async with publisher(isolated.amqp_url) as pub:
+        for envelope in envelopes:
+            await pub.publish(envelope)  # one after another: the broker keeps this order
+    async with serve(isolated.settings(), spec):
+        await eventually(lambda: effects.failed(), what="the failing event dead-lettered")
+        await eventually(lambda: _at_least(effects.count(), 59), what="the others applied")
+        await asyncio.sleep(0.5)
+    others = [e for e in envelopes if e.id != handler.bad]
+    assert await effects.per_event() == {str(e.id): 1 for e in others}
+    applied = [r[0] for r in await effects._fetch("SELECT ticket FROM effects ORDER BY at")]
+    assert applied == [e.data.ticket for e in others]  # in the order they were published
+    assert handler.calls[str(handler.bad)] == 2
+    (shared,) = await effects._fetch("SELECT count(DISTINCT applied_at) FROM inbox")
+    assert shared[0] < 59
+
+
 async def _at_least(count, n: int) -> bool:
     return await count >= n
