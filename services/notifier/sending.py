@@ -454,6 +454,7 @@ async def hold_session(conn: asyncpg.Connection, session: str, reason: str, now:
         " can_send = false, source = 'send', changed_at = $2, checked_at = $2", session, now)
 
 
+# `broadcast_id IS NOT NULL` repeats the partial index's predicate, so that the planner uses it.
 _UNSETTLED = """
 SELECT EXISTS (SELECT FROM notifications
                WHERE broadcast_id = $1 AND broadcast_id IS NOT NULL AND status IN ('queued', 'sending', 'unknown'))
