@@ -85,10 +85,10 @@ class Outgoing:
 
 
 _INSERT = """
-INSERT INTO notifications (id, tenant_id, session, kind, cause, broadcast_id, phone, text, status, reason,
+INSERT INTO notifications (id, tenant_id, session, kind, cause, phone, text, status, reason,
                            next_attempt_at, created_at, failed_at)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[], $8::text[],
-                     $9::text[], $10::text[], $11::timestamptz[], $11::timestamptz[], $12::timestamptz[])
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                     $8::text[], $9::text[], $10::timestamptz[], $10::timestamptz[], $11::timestamptz[])
 ON CONFLICT (cause, phone) DO NOTHING
 """
 
@@ -100,7 +100,7 @@ async def record(conn: asyncpg.Connection, sender: Sender, cause: str, outgoing:
     n = len(outgoing)
     status = await conn.execute(
         _INSERT, [uuid.uuid4() for _ in range(n)], [sender.tenant_id] * n, [sender.session] * n,
-        [o.kind for o in outgoing], [cause] * n, [None] * n,
+        [o.kind for o in outgoing], [cause] * n,
         [o.phone or f"invalid:{i}" for i, o in enumerate(outgoing)], [o.text for o in outgoing],
         ["failed" if o.problem else "queued" for o in outgoing], [o.problem for o in outgoing], [at] * n,
         [at if o.problem else None for o in outgoing])

@@ -424,9 +424,8 @@ class Sender:
             return
         self._last_poll = time.monotonic()
         async with self._pool.acquire() as conn:
-            queued = await conn.fetch(_QUEUED_SESSIONS, datetime.max.replace(tzinfo=UTC))
-            known = await conn.fetch("SELECT session FROM sessions")
-        sessions = sorted({r["session"] for r in (*queued, *known)})
+            sessions = [r["session"] for r in await conn.fetch(
+                f"{_QUEUED_SESSIONS} UNION SELECT session FROM sessions", datetime.max.replace(tzinfo=UTC))]
         for session in sessions:
             try:
                 state = await asyncio.wait_for(self.provider.session_state(session),
