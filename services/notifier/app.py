@@ -50,7 +50,7 @@ def build(common: CommonSettings, own: NotifierSettings) -> ServiceSpec:
             Subscription("notifier.notices", "wabus.scheduler", _SCHEDULER_NOTICES, handlers.notify_patients,
                          shards=own.shards),
             Subscription("notifier.replies", "wabus.processor", ["message.processed"], handlers.reply_to_patient,
-                         shards=own.shards),
+                         shards=own.shards, only=handlers.REPLIES),
             Subscription("notifier.receipts", "wabus.gateway", ["whatsapp.message.ack"], handlers.apply_ack),
             Subscription("notifier.sessions", "wabus.gateway", ["whatsapp.session.status"],
                          handlers.note_session_status, single_active=True),

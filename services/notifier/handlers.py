@@ -15,6 +15,8 @@ from datetime import datetime
 import asyncpg
 
 from shared.events.catalog import (
+    INTENT_HEADER,
+    REPLY_HEADER,
     Direction,
     MessageProcessed,
     OpeningSubscribed,
@@ -190,6 +192,10 @@ async def notify_patients(envelope: Envelope, conn: asyncpg.Connection) -> list[
     await audiences.follow(conn, envelope.tenant_id, envelope.data, envelope.occurred_at)
     await record(conn, sender, str(envelope.id), outgoing_for(envelope.data, sender), envelope.occurred_at)
     return []
+
+
+# The processed messages the notifier acts on; the broker keeps the others from its queue.
+REPLIES = [{INTENT_HEADER: "stop"}, {INTENT_HEADER: "start"}, {REPLY_HEADER: "yes"}]
 
 
 async def reply_to_patient(envelope: Envelope[MessageProcessed], conn: asyncpg.Connection) -> list[Event]:

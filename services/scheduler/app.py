@@ -20,7 +20,7 @@ def build(common: CommonSettings, own: SchedulerSettings) -> ServiceSpec:
         subscriptions=[
             # Sharded by chat: a patient's "join" and then "leave" are applied in that order.
             Subscription("scheduler.requests", "wabus.processor", ["message.processed"], handlers.answer_patient,
-                         shards=own.shards),
+                         shards=own.shards, only=handlers.REQUESTS),
         ],
         routes=api.routes,
         jobs=[

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from shared.events.catalog import (
+    INTENT_HEADER,
     Direction,
     MessageProcessed,
     Patient,
@@ -15,6 +16,8 @@ from shared.events.envelope import Envelope, Event
 from .queues import Queues
 
 _DEPARTMENT_REQUIRED = {"join_queue", "subscribe"}
+# The processed messages the scheduler answers; the broker keeps the others from its queue.
+REQUESTS = [{INTENT_HEADER: name} for name in ("join_queue", "position", "leave", "subscribe")]
 
 
 async def answer_patient(envelope: Envelope[MessageProcessed], queues: Queues) -> list[Event]:

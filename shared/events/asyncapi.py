@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from .catalog import CATALOG, Route
+from .catalog import CATALOG, INTENT_HEADER, REPLY_HEADER, MessageProcessed, Route
 from .envelope import Envelope
 
 _REF = "#/components/schemas/{model}"
@@ -38,6 +38,10 @@ def document(version: str) -> dict[str, Any]:
             "headers": {"type": "object", "properties": {
                 "wabus-shard-key": {"type": "string", "description": "tenant:chat, where order per chat matters"},
                 "wabus-shard": {"type": "string", "description": "the shard slot (0-63) of wabus-shard-key"},
+                **({
+                    INTENT_HEADER: {"type": "string", "description": "the recognised intent's name, if any"},
+                    REPLY_HEADER: {"type": "string", "const": "yes", "description": "set when the bot has a reply"},
+                } if route.model is MessageProcessed else {}),
             }},
             "bindings": {"amqp": {"messageType": route.routing_key, "deliveryMode": 2, "bindingVersion": "0.3.0"}},
         }

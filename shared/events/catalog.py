@@ -154,6 +154,17 @@ class MessageProcessed(Event):
     def shard_key(self) -> str:
         return self.message.chat_id
 
+    def selectors(self) -> dict[str, str]:
+        # Most messages ask for nothing: consumers of intents and replies select these and skip the rest.
+        selected = {INTENT_HEADER: self.intent.name} if self.intent else {}
+        if self.reply_text:
+            selected[REPLY_HEADER] = "yes"
+        return selected
+
+
+INTENT_HEADER = "wabus-intent"  # MessageProcessed: the intent's name, when the bot recognised one
+REPLY_HEADER = "wabus-reply"  # MessageProcessed: "yes" when the bot has a reply to send
+
 
 # --- scheduler --------------------------------------------------------------------------------
 

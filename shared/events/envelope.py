@@ -30,6 +30,11 @@ class Event(BaseModel):
         """What must stay in order downstream (a chat); None when order does not matter."""
         return None
 
+    def selectors(self) -> dict[str, str]:
+        """AMQP headers a subscription can pick this event by (`Subscription.only`), so that the broker
+        does not deliver what a consumer would only ignore."""
+        return {}
+
 
 E = TypeVar("E", bound=Event)
 
@@ -83,12 +88,12 @@ class Envelope(BaseModel, Generic[E]):
         return self.model_dump_json().encode()
 
     def headers(self) -> dict[str, str]:
-        """AMQP headers derived from the event: its shard key and the slot that key hashes to."""
+        """AMQP headers derived from the event: its selectors, its shard key and the slot that key hashes to."""
         # An event whose order does not matter still needs a slot, or a sharded queue never gets it.
         key = self.data.shard_key() or f"event:{self.id}"
         scoped = f"{self.tenant_id}:{key}"
-        # A string: the headers exchange compares typed values, and strings compare alike everywhere.
-        return {SHARD_KEY_HEADER: scoped, SHARD_HEADER: str(shard_of(scoped))}
+        # Strings: the headers exchange compares typed values, and strings compare alike everywhere.
+        return {**self.data.selectors(), SHARD_KEY_HEADER: scoped, SHARD_HEADER: str(shard_of(scoped))}
 
 
 # Not `x-` names: a headers exchange leaves `x-` headers out of matching.

@@ -8,6 +8,10 @@ Per service `S` with a subscription queue `S.purpose`:
         expires it dead-letters through the default exchange straight back into that queue
     wabus.S.dead (fanout) --> S.dead (quorum): what the broker itself gave up on (delivery limit)
 
+A subscription with `only` takes a detour through its own headers exchange, which passes on just the
+events whose selectors (Event.selectors) match: wabus.<publisher> --keys--> wabus.S.purpose.only
+(headers) --any of `only`--> the queue, or its shards' exchange.
+
 Retry queues are per service and attempt, not per subscription: one per level keeps similar TTLs
 together (RabbitMQ expires only at a queue's head), and the broker carries few queues.
 
@@ -16,7 +20,7 @@ Delivery-limit and dead-lettering are set explicitly, so 3.10 and the 3.13/4.x d
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -50,6 +54,9 @@ class Subscription:
     # Split by the events' shard key (a chat) over this many queues, each with one active consumer
     # and taken one delivery at a time: order per key holds with any number of replicas.
     shards: int = 0
+    # Only events whose headers match one of these sets (all of a set's headers) reach the queue;
+    # the rest are never delivered to it. Empty: every event the keys route.
+    only: Sequence[Mapping[str, str]] = ()
 
 
 def retry_exchange(service: str, attempt: int) -> str:
@@ -66,6 +73,10 @@ def shard_queue(queue: str, shard: int) -> str:
 
 def shards_exchange(queue: str) -> str:
     return f"wabus.{queue}.shards"
+
+
+def selection_exchange(queue: str) -> str:
+    return f"wabus.{queue}.only"
 
 
 def consumed_queues(sub: Subscription) -> list[str]:
@@ -118,8 +129,7 @@ async def declare(channel: AbstractChannel, service: str, subscriptions: Sequenc
             await _declare_shards(channel, service, sub, source)
         else:
             queue = await channel.declare_queue(sub.queue, durable=True, arguments=queue_arguments(service, sub))
-            for key in sub.keys:
-                await queue.bind(source, routing_key=key)
+            await _feed(channel, sub, source, queue)
     for attempt in range(1, max((sub.max_attempts for sub in subscriptions), default=1)):
         exchange = await channel.declare_exchange(retry_exchange(service, attempt), aio_pika.ExchangeType.FANOUT,
                                                   durable=True)
@@ -131,11 +141,26 @@ async def declare(channel: AbstractChannel, service: str, subscriptions: Sequenc
 async def _declare_shards(channel: AbstractChannel, service: str, sub: Subscription, source) -> None:
     """source --keys--> wabus.<queue>.shards (headers) --wabus-shard--> <queue>.<k>, one active consumer each."""
     router = await channel.declare_exchange(shards_exchange(sub.queue), aio_pika.ExchangeType.HEADERS, durable=True)
-    for key in sub.keys:
-        await router.bind(source, routing_key=key)
+    await _feed(channel, sub, source, router)
     single = replace(sub, single_active=True)
     for k in range(sub.shards):
         queue = await channel.declare_queue(shard_queue(sub.queue, k), durable=True,
                                             arguments=queue_arguments(service, single))
         for slot in range(k, SHARD_SLOTS, sub.shards):
             await queue.bind(router, arguments={"x-match": "all", SHARD_HEADER: str(slot)})
+
+
+async def _feed(channel: AbstractChannel, sub: Subscription, source, destination) -> None:
+    """Bind `destination` (the queue, or its shards' exchange) to what `sub` takes from `source`."""
+    if not sub.only:
+        for key in sub.keys:
+            await destination.bind(source, routing_key=key)
+        return
+    # A binding made before `only` was set still routes everything; it is left for the operator to
+    # remove once every publisher sets the selectors (docs/runtime.md), so no event is lost meanwhile.
+    selection = await channel.declare_exchange(selection_exchange(sub.queue), aio_pika.ExchangeType.HEADERS,
+                                               durable=True)
+    for key in sub.keys:
+        await selection.bind(source, routing_key=key)
+    for headers in sub.only:
+        await destination.bind(selection, arguments={"x-match": "all", **headers})

@@ -2,7 +2,6 @@
 
 import shutil
 import uuid
-from datetime import UTC, datetime
 
 import aio_pika
 import aiohttp
@@ -11,12 +10,9 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from shared.events import topology
-from shared.events.catalog import MessageProcessed, Provider, WhatsAppMessage
-from shared.events.envelope import SHARD_HEADER, Envelope
 from shared.events.http import NotFound
 from shared.events.migrate import ensure_database
 from shared.events.runtime import ServiceSpec, serve
-from shared.events.topology import Subscription
 
 from .conftest import consumer_spec
 
@@ -102,35 +98,3 @@ async def test_a_missing_database_is_created(isolated):
         await conn.close()
     finally:
         await isolated.postgres.drop(name)
-
-
-async def test_a_sharded_subscription_routes_each_event_to_exactly_one_shard_by_its_chat(isolated):
-    sub = Subscription("processor.sharded", "wabus.processor", ["message.processed"], _noop, shards=4)
-    connection = await aio_pika.connect(isolated.amqp_url, timeout=10)
-    try:
-        channel = await connection.channel()
-        await topology.declare(channel, "processor", [sub])
-        exchange = await channel.get_exchange("wabus.processor")
-        sent: dict[int, int] = {}
-        for n in range(40):
-            chat = f"2126000{n:05d}@c.us"
-            message = WhatsAppMessage(provider=Provider.WAHA, provider_message_id=f"M{n}", chat_id=chat,
-                                      sent_at=datetime.now(UTC))
-            envelope = Envelope.new(MessageProcessed(message=message, conversation_id="c", processing_ms=1),
-                                    tenant_id="clinic-a")
-            slot = int(envelope.headers()[SHARD_HEADER])
-            sent[slot % 4] = sent.get(slot % 4, 0) + 1
-            await exchange.publish(aio_pika.Message(envelope.encode(), headers=envelope.headers()),
-                                   routing_key="message.processed")
-        counts = {}
-        for k in range(4):
-            declared = await channel.declare_queue(f"processor.sharded.{k}", passive=True)
-            counts[k] = declared.declaration_result.message_count
-    finally:
-        await connection.close()
-    assert sum(counts.values()) == 40  # each event in one shard, not in every shard
-    assert counts == {k: sent.get(k, 0) for k in range(4)}
-
-
-async def _noop(envelope, conn):
-    return []
