@@ -31,7 +31,6 @@ async def process_message(envelope: Envelope[WhatsAppMessageReceived], uow: Proc
     chat = parse_jid(m.chat_id)
     inbound_sender = m.sender if m.direction is Direction.INBOUND else None
     phone = None if chat.is_group else (phone_of(chat) or inbound_sender)
-    conversation_id = await uow.conversations.touch(tenant, m, phone)
 
     # Only a patient's own text is read for intents: never our echoes, reactions or edits.
     recognised = bot.Recognised(None, None)
@@ -39,16 +38,16 @@ async def process_message(envelope: Envelope[WhatsAppMessageReceived], uow: Proc
         recognised = bot.recognise(m.text)
     intent = Intent(name=recognised.intent.value, arguments=recognised.arguments) if recognised.intent else None
 
-    stored = await uow.messages.add(tenant, conversation_id, m, intent=intent.model_dump() if intent else None,
-                                    language=recognised.language, processed_at=clock())
-    if not stored:
+    stored = await uow.messages.store(tenant, m, phone=phone, intent=intent.model_dump() if intent else None,
+                                      language=recognised.language, processed_at=clock())
+    if not stored.is_new:
         return []  # the provider sent this message again under the same id
+    conversation_id = stored.conversation_id
 
     if m.kind in _ACTIONS and m.target_message_id:
         await uow.messages.apply(conversation_id, m.target_message_id, action_of(m))
-    else:
-        for earlier in await uow.messages.actions_on(conversation_id, m.provider_message_id):
-            await uow.messages.apply(conversation_id, m.provider_message_id, earlier)
+    for earlier in stored.earlier:
+        await uow.messages.apply(conversation_id, m.provider_message_id, earlier)
     if recognised.language:
         await uow.conversations.set_language(conversation_id, recognised.language)
     if recognised.intent in (bot.IntentName.STOP, bot.IntentName.START):
