@@ -26,7 +26,7 @@ from .errors import DatabaseUnavailable, InvalidEvent, PermanentFailure, Publish
 from .logs import log_context
 from .metrics import Metrics
 from .publisher import Publisher, build_message
-from .topology import Subscription, retry_exchange
+from .topology import Subscription, consumed_queues, retry_exchange
 
 log = logging.getLogger(__name__)
 
@@ -112,21 +112,21 @@ class EventConsumer:
 
     service: str
     subscription: Subscription
-    queue: str  # the queue consumed: the subscription's, or one of its shards
     pool: asyncpg.Pool
     publisher: Publisher
     make_uow: Callable[[asyncpg.Connection], Any]
     metrics: Metrics
     unavailable_backoff_s: float
     stopping: asyncio.Event
-    # Deliveries in flight together share one transaction (any queue with prefetch > 1). One worker
-    # applies the groups, each in arrival order: a shard's order holds.
+    # Deliveries in flight together, from all of the subscription's queues (its shards), share one
+    # transaction. One worker applies the groups, each in arrival order: every shard's order holds.
     together: bool = False
     _group: GroupCommit[Envelope, str | Exception] | None = field(default=None, init=False)
 
     def start(self) -> None:
         if self.together:
-            self._group = GroupCommit(self.pool, self._apply_group, max_batch=self.subscription.prefetch,
+            max_batch = self.subscription.prefetch * len(consumed_queues(self.subscription))
+            self._group = GroupCommit(self.pool, self._apply_group, max_batch=max_batch,
                                       outage_backoff_s=self.unavailable_backoff_s, stopping=self.stopping)
             self._group.start()
 
@@ -135,14 +135,15 @@ class EventConsumer:
         if self._group is not None:
             await self._group.stop()
 
-    async def process(self, message: AbstractIncomingMessage) -> bool:
-        """Settle one delivery; False leaves it unacked, to be redelivered."""
+    async def process(self, message: AbstractIncomingMessage, queue: str) -> bool:
+        """Settle one delivery from `queue` (the subscription's, or one of its shards); False leaves it
+        unacked, to be redelivered."""
         sub = self.subscription
         attempt = attempt_of(message)
         try:
             envelope = decode(message.body)
         except InvalidEvent as exc:
-            return await self._dead_letter(message, None, f"invalid event: {exc}", attempt, event="invalid")
+            return await self._dead_letter(message, queue, None, f"invalid event: {exc}", attempt, event="invalid")
 
         with log_context(event_id=envelope.id, correlation_id=envelope.correlation_id,
                          causation_id=envelope.causation_id, tenant_id=envelope.tenant_id):
@@ -152,9 +153,9 @@ class EventConsumer:
             except _Stopping:
                 return False
             except PermanentFailure as exc:
-                return await self._dead_letter(message, envelope, f"{type(exc).__name__}: {exc}", attempt)
+                return await self._dead_letter(message, queue, envelope, f"{type(exc).__name__}: {exc}", attempt)
             except Exception as exc:  # noqa: BLE001 - any handler error is retried, then dead-lettered
-                return await self._retry(message, envelope, exc, attempt)
+                return await self._retry(message, queue, envelope, exc, attempt)
             self.metrics.handler_duration.labels(self.service, sub.queue, envelope.type).observe(
                 time.perf_counter() - started
             )
@@ -235,13 +236,13 @@ class EventConsumer:
         return await until_database(work, stopping=self.stopping, backoff_s=self.unavailable_backoff_s,
                                     metrics=self.metrics, service=self.service)
 
-    async def _retry(self, message: AbstractIncomingMessage, envelope: Envelope, exc: Exception,
+    async def _retry(self, message: AbstractIncomingMessage, queue: str, envelope: Envelope, exc: Exception,
                      attempt: int) -> bool:
         sub = self.subscription
         history = [*history_of(message), _failure(attempt, exc)]
         if attempt >= sub.max_attempts:
             return await self._dead_letter(
-                message, envelope, f"gave up after {attempt} attempts: {_describe(exc)}", attempt, history=history
+                message, queue, envelope, f"gave up after {attempt} attempts: {_describe(exc)}", attempt, history=history
             )
         delay = backoff_s(attempt, base_s=sub.retry_base_s, max_s=sub.retry_max_s)
         retry = build_message(
@@ -252,7 +253,7 @@ class EventConsumer:
         )
         try:
             # Routed by the queue it came from: on expiry it goes straight back there (topology.py).
-            await self.publisher.send(retry_exchange(self.service, attempt), self.queue, retry)
+            await self.publisher.send(retry_exchange(self.service, attempt), queue, retry)
         except PublishFailed as publish_exc:
             log.warning("retry not scheduled; delivery left for redelivery", extra={"error": str(publish_exc)})
             return False
@@ -264,7 +265,7 @@ class EventConsumer:
         )
         return True
 
-    async def _dead_letter(self, message: AbstractIncomingMessage, envelope: Envelope | None, reason: str,
+    async def _dead_letter(self, message: AbstractIncomingMessage, queue: str, envelope: Envelope | None, reason: str,
                            attempt: int, *, history: list[dict[str, Any]] | None = None,
                            event: str | None = None) -> bool:
         sub = self.subscription
@@ -272,7 +273,7 @@ class EventConsumer:
             failed_id = await self._until_database(lambda: store_failed(
                 self.pool, subscription=sub.queue, message=message, envelope=envelope, reason=reason,
                 attempts=attempt, history=history if history is not None else history_of(message),
-                requeue=("", self.queue),
+                requeue=("", queue),
             ))
         except _Stopping:
             return False

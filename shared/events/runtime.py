@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
@@ -138,20 +139,20 @@ async def _consumers(app: web.Application) -> AsyncIterator[None]:
     s, spec, metrics, stopping = app[SETTINGS], app[SPEC], app[METRICS], app[STOPPING]
     workers, consumers = [], []
     for sub in spec.subscriptions:
-        # An ordered queue's deliveries in hand are applied by the consumer's one group worker, in
-        # arrival order: that is what keeps a shard's order.
+        # The deliveries in hand, from all of the subscription's queues, are applied by its consumer's
+        # one group worker, in arrival order: that is what keeps each shard's order.
         prefetch = sub.prefetch
         ordered = bool(sub.shards or sub.single_active)
+        consumer = EventConsumer(
+            service=spec.name, subscription=sub, pool=app[POOL], publisher=app[PUBLISHER],
+            make_uow=spec.unit_of_work, metrics=metrics, unavailable_backoff_s=s.unavailable_backoff_s,
+            stopping=stopping, together=prefetch > 1,
+        )
+        consumer.start()
+        consumers.append(consumer)
         for queue in topology.consumed_queues(sub):
-            consumer = EventConsumer(
-                service=spec.name, subscription=sub, queue=queue, pool=app[POOL], publisher=app[PUBLISHER],
-                make_uow=spec.unit_of_work, metrics=metrics, unavailable_backoff_s=s.unavailable_backoff_s,
-                stopping=stopping, together=prefetch > 1,
-            )
-            consumer.start()
-            consumers.append(consumer)
-            workers.append(QueueWorker(queue, prefetch, consumer.process, stop_timeout_s=s.shutdown_timeout_s,
-                                       ordered=ordered))
+            workers.append(QueueWorker(queue, prefetch, functools.partial(consumer.process, queue=queue),
+                                       stop_timeout_s=s.shutdown_timeout_s, ordered=ordered))
     collector = DeadLetterCollector(service=spec.name, pool=app[POOL], metrics=metrics,
                                     unavailable_backoff_s=s.unavailable_backoff_s, stopping=stopping)
     workers.append(QueueWorker(topology.dead_queue(spec.name), 8, collector.process,

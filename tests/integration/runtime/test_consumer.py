@@ -48,7 +48,7 @@ async def test_applying_the_same_envelope_twice_changes_nothing(isolated, effect
     spec = consumer_spec()
     pool = await db.create_pool(isolated.database_url, "processor", min_size=2, max_size=4, command_timeout=10,
                                 connect_timeout=5)
-    consumer = EventConsumer(service="processor", subscription=spec.subscriptions[0], queue="processor.turns",
+    consumer = EventConsumer(service="processor", subscription=spec.subscriptions[0],
                              pool=pool, publisher=None,
                              make_uow=spec.unit_of_work, metrics=Metrics("processor"), unavailable_backoff_s=0.1,
                              stopping=asyncio.Event())
