@@ -6,6 +6,7 @@ WhatsApp's hidden ids. Baileys/Evolution `@s.whatsapp.net` and Meta's bare digit
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import phonenumbers
@@ -84,6 +85,7 @@ def parse_jid(value: str) -> Jid:
     return Jid(user, server)
 
 
+@functools.lru_cache(maxsize=65_536)  # the same few thousand patients write again and again
 def phone_of(jid: Jid) -> str | None:
     """The E.164 number behind a person's chat id; None for groups, LIDs and masked or odd ids."""
     if jid.server != USER or not jid.user.isdigit():
