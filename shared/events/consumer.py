@@ -242,7 +242,8 @@ class EventConsumer:
         history = [*history_of(message), _failure(attempt, exc)]
         if attempt >= sub.max_attempts:
             return await self._dead_letter(
-                message, queue, envelope, f"gave up after {attempt} attempts: {_describe(exc)}", attempt, history=history
+                message, queue, envelope, f"gave up after {attempt} attempts: {_describe(exc)}", attempt,
+                history=history,
             )
         delay = backoff_s(attempt, base_s=sub.retry_base_s, max_s=sub.retry_max_s)
         retry = build_message(
