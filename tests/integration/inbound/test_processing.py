@@ -3,12 +3,17 @@
 import asyncio
 import json
 import sys
+from datetime import UTC, datetime
 
+import aio_pika
 import aiohttp
 
 from services.processor import app as processor_app
 from services.processor.settings import ProcessorSettings
-from shared.events.catalog import decode
+from shared.events.catalog import Provider, WhatsAppMessage, WhatsAppMessageReceived, decode
+from shared.events.envelope import Envelope
+from shared.events.metrics import Metrics
+from shared.events.publisher import Publisher
 from shared.events.runtime import serve
 from tests.samples import sample_bytes
 from tests.support import Listener
@@ -73,6 +78,31 @@ async def test_the_bot_understands_patients_and_never_its_own_echoes(isolated, t
     plain = by_chat["212600000555@c.us"]
     assert plain.intent is None and plain.reply_text is None and plain.processing_ms >= 0
     assert len({p.conversation_id for p in by_chat.values()}) == 5
+
+
+async def test_a_message_the_gateway_no_longer_remembers_is_still_stored_and_processed_once(isolated, tenants):
+    """The gateway forgets webhooks after its retention; a provider repeat after that reaches the
+    processor as a new event, which must change nothing."""
+    at = datetime.now(UTC)
+    message = WhatsAppMessage(provider=Provider.WAHA, provider_message_id="false_212600000888@c.us_AGAIN1",
+                              chat_id="212600000888@c.us", sender="+212600000888", text="STOP", sent_at=at)
+    marker = message.model_copy(update={"provider_message_id": "false_212600000888@c.us_AFTER1", "text": "ok"})
+    connection = await aio_pika.connect(isolated.amqp_url, timeout=10)
+    try:
+        async with running(isolated.settings()), \
+                Listener(isolated.amqp_url, "wabus.processor", ["message.processed"]) as processed:
+            publisher = await Publisher.open(connection, service="test", timeout_s=5, metrics=Metrics("test"))
+            for m in (message, message, marker):  # two events, one message; then a marker in the same chat
+                await publisher.publish(Envelope.new(WhatsAppMessageReceived(message=m), tenant_id="clinic-waha"))
+            await processed.wait_for(2)
+            await asyncio.sleep(0.5)  # a second copy would have come before the marker; give it time anyway
+    finally:
+        await connection.close()
+    ids = [decode(m.body).data.message.provider_message_id for m in processed.messages]
+    assert ids == [message.provider_message_id, marker.provider_message_id]
+    stored = await rows(isolated.database_url, "SELECT count(*) FROM processor.messages WHERE provider_message_id"
+                        " = $1", message.provider_message_id)
+    assert stored[0][0] == 1
 
 
 async def test_edits_revokes_and_reactions_change_the_message_they_point_at(isolated, tenants):
