@@ -146,6 +146,7 @@ class Queues:
     def __init__(self, conn: asyncpg.Connection, now: datetime | None = None):
         self.conn = conn
         self.now = now or datetime.now(UTC)
+        self._live = now is None  # no instant given: the clock moves on while a lock is awaited
 
     def at(self, now: datetime) -> Queues:
         return Queues(self.conn, now)
@@ -175,6 +176,10 @@ class Queues:
         row = await self.conn.fetchrow(
             f"SELECT {_STATUS_COLUMNS} FROM queue_status WHERE department_id = $1{' FOR UPDATE' if lock else ''}",
             dept.id)
+        if lock and self._live:
+            # What is done under the lock comes after whatever held it (a subscription, say): never
+            # stamp it with an instant taken before the wait.
+            self.now = max(self.now, datetime.now(UTC))
         return Status(**dict(row))
 
     async def ticket(self, tenant_id: str, ticket_id: uuid.UUID) -> Ticket | None:

@@ -3,6 +3,10 @@
 import asyncio
 import json
 
+import asyncpg
+
+from services.scheduler.queues import Queues
+from shared.events.catalog import Patient
 from tests.support import Listener, eventually
 
 from .conftest import LAB, OPD, rows, staff_api
@@ -141,3 +145,33 @@ async def test_closing_cancels_or_carries_over_waiting_tickets(isolated):
 
 async def _async(value):
     return value
+
+
+async def test_an_opening_that_waited_for_a_subscription_is_stamped_after_it(isolated):
+    """Otherwise a subscription it already told could look newer than the opening downstream."""
+    async with staff_api(isolated) as (admin, _, _):
+        assert (await admin.call("POST", "/v1/departments", OPD))[0] == 201
+    first, second = [await asyncpg.connect(isolated.database_url, server_settings={"search_path": "scheduler"})
+                     for _ in range(2)]
+    try:
+        opening = Queues(second)  # its instant is taken now, before it waits for the lock
+        subscription = Queues(first)
+        dept = await subscription.department("clinic-a", "OPD")
+        patient = Patient(chat_id="212600000001@c.us")
+        holding = first.transaction()
+        await holding.start()
+        await subscription.subscribe(dept, patient)  # holds the department's lock until it commits
+
+        async def open_queue():
+            async with second.transaction():
+                return await opening.open(dept, actor="nurse")
+
+        opened_task = asyncio.create_task(open_queue())
+        await asyncio.sleep(0.3)
+        assert not opened_task.done()  # waiting for the subscription's lock
+        await holding.commit()
+        opened = (await asyncio.wait_for(opened_task, timeout=10))[0]
+    finally:
+        await asyncio.gather(first.close(), second.close())
+    assert [p.chat_id for p in opened.subscribers] == [patient.chat_id]
+    assert opened.opened_at > subscription.now
