@@ -145,8 +145,7 @@ class EventConsumer:
         except InvalidEvent as exc:
             return await self._dead_letter(message, queue, None, f"invalid event: {exc}", attempt, event="invalid")
 
-        with log_context(event_id=envelope.id, correlation_id=envelope.correlation_id,
-                         causation_id=envelope.causation_id, tenant_id=envelope.tenant_id):
+        with _logged_as(envelope):
             started = time.perf_counter()
             try:
                 outcome = await self._until_database(lambda: self._apply(envelope))
@@ -186,8 +185,7 @@ class EventConsumer:
             if envelope.id == failure.event_id:
                 outcomes.append(failure.cause)  # not run again: its own attempt has failed
                 continue
-            with log_context(event_id=envelope.id, correlation_id=envelope.correlation_id,
-                             causation_id=envelope.causation_id, tenant_id=envelope.tenant_id):
+            with _logged_as(envelope):
                 try:
                     async with conn.transaction():
                         outcomes.append(await self._apply_one(conn, envelope))
@@ -207,8 +205,7 @@ class EventConsumer:
                 outcomes.append("duplicate")
                 continue
             fresh.discard(envelope.id)  # the same event twice in one group: the second is a duplicate
-            with log_context(event_id=envelope.id, correlation_id=envelope.correlation_id,
-                             causation_id=envelope.causation_id, tenant_id=envelope.tenant_id):
+            with _logged_as(envelope):
                 try:
                     effects = await self.subscription.handler(envelope, self.make_uow(conn))
                 except (DatabaseUnavailable, *db.CONNECTION_ERRORS):
@@ -388,6 +385,12 @@ class QueueWorker:
         if self._ordered and self._channel is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._channel.close(), timeout=5)
+
+
+def _logged_as(envelope: Envelope) -> contextlib.AbstractContextManager[None]:
+    """Every log line while an event is handled carries its ids."""
+    return log_context(event_id=envelope.id, correlation_id=envelope.correlation_id,
+                       causation_id=envelope.causation_id, tenant_id=envelope.tenant_id)
 
 
 def _as_caused(envelope: Envelope, effects: list | None) -> list[Envelope]:

@@ -5,7 +5,15 @@ from datetime import UTC, datetime
 import aio_pika
 
 from shared.events import topology
-from shared.events.catalog import INTENT_HEADER, Intent, MessageProcessed, Provider, WhatsAppMessage, decode
+from shared.events.catalog import (
+    INTENT_HEADER,
+    REPLY_HEADER,
+    Intent,
+    MessageProcessed,
+    Provider,
+    WhatsAppMessage,
+    decode,
+)
 from shared.events.envelope import SHARD_HEADER, Envelope
 from shared.events.topology import Subscription
 
@@ -40,18 +48,15 @@ async def test_a_sharded_subscription_routes_each_event_to_exactly_one_shard_by_
             sent[slot % 4] = sent.get(slot % 4, 0) + 1
             await exchange.publish(aio_pika.Message(envelope.encode(), headers=envelope.headers()),
                                    routing_key="message.processed")
-        counts = {}
-        for k in range(4):
-            declared = await channel.declare_queue(f"processor.sharded.{k}", passive=True)
-            counts[k] = declared.declaration_result.message_count
+        counts = await _counts(channel, [f"processor.sharded.{k}" for k in range(4)])
     finally:
         await connection.close()
     assert sum(counts.values()) == 40  # each event in one shard, not in every shard
-    assert counts == {k: sent.get(k, 0) for k in range(4)}
+    assert counts == {f"processor.sharded.{k}": sent.get(k, 0) for k in range(4)}
 
 
 async def test_a_subscription_with_only_gets_just_the_events_it_selects_and_declaring_again_keeps_that(isolated):
-    only = [{INTENT_HEADER: "join_queue"}, {"wabus-reply": "yes"}]
+    only = [{INTENT_HEADER: "join_queue"}, {REPLY_HEADER: "yes"}]
     plain = Subscription("scheduler.picky", "wabus.processor", ["message.processed"], _noop, only=only)
     sharded = Subscription("scheduler.picky-shards", "wabus.processor", ["message.processed"], _noop, shards=2,
                            only=only)
