@@ -39,21 +39,25 @@ VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING
 """
 
 # Only rows of transactions older than every one still running: none can appear before them later.
-_FINAL = "xid < pg_snapshot_xmin(pg_current_snapshot())"
+_FINAL = "e.xid < pg_snapshot_xmin(pg_current_snapshot())"
 
+# Ordered by the table's own columns (`e.xid`, not the bigint output named `xid`): in the primary
+# key's order, the rows come straight from its index instead of a sort of the whole table.
 _NEWER = f"""
-SELECT xid::text::bigint AS xid, seq, tenant_id, topic, department, body FROM stream_events
-WHERE (xid, seq) > ($1::text::xid8, $2) AND {_FINAL} ORDER BY xid, seq LIMIT $3
+SELECT e.xid::text::bigint AS xid, e.seq, e.tenant_id, e.topic, e.department, e.body FROM stream_events e
+WHERE (e.xid, e.seq) > ($1::text::xid8, $2) AND {_FINAL} ORDER BY e.xid, e.seq LIMIT $3
 """
 
 _REPLAY = f"""
-SELECT xid::text::bigint AS xid, seq, tenant_id, topic, department, body FROM stream_events
-WHERE tenant_id = $1 AND (xid, seq) > ($2::text::xid8, $3) AND (xid, seq) <= ($4::text::xid8, $5) AND {_FINAL}
-  AND topic = ANY($6::text[]) AND ($7::text IS NULL OR department = $7)
-ORDER BY xid, seq LIMIT 10000
+SELECT e.xid::text::bigint AS xid, e.seq, e.tenant_id, e.topic, e.department, e.body FROM stream_events e
+WHERE e.tenant_id = $1 AND (e.xid, e.seq) > ($2::text::xid8, $3) AND (e.xid, e.seq) <= ($4::text::xid8, $5)
+  AND {_FINAL} AND e.topic = ANY($6::text[]) AND ($7::text IS NULL OR e.department = $7)
+ORDER BY e.tenant_id, e.xid, e.seq LIMIT 10000
 """
 
-_HORIZON = f"SELECT xid::text::bigint, seq FROM stream_events WHERE {_FINAL} ORDER BY xid DESC, seq DESC LIMIT 1"
+_HORIZON = f"""
+SELECT e.xid::text::bigint, e.seq FROM stream_events e WHERE {_FINAL} ORDER BY e.xid DESC, e.seq DESC LIMIT 1
+"""
 
 PRUNE_STREAM = "DELETE FROM stream_events WHERE occurred_at < $1"
 
@@ -237,6 +241,14 @@ class StreamHub:
             await self._listener.add_listener(f"{self._schema}.stream", lambda *_: self._wake.set())
 
     async def _dispatch_new(self) -> None:
+        if not self._clients:
+            # Nobody to hand rows to: step past them without reading them.
+            async with self._pool.acquire() as conn:
+                horizon = await conn.fetchrow(_HORIZON)
+            if not self._clients:  # else one joined meanwhile, at the old cursor: it is owed what follows
+                if horizon:
+                    self._cursor = max(self._cursor, (horizon[0], horizon[1]))
+                return
         while True:
             async with self._pool.acquire() as conn:
                 rows = await conn.fetch(_NEWER, str(self._cursor[0]), self._cursor[1], 1000)
