@@ -9,7 +9,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -175,6 +175,7 @@ class EventConsumer:
         """The group in one transaction. If a handler fails, the group is undone and applied again one
         event at a time, each in a savepoint, in the same order and before the next group: the failure
         stays with its own event, and the others commit without it."""
+        self.metrics.group_size.labels(self.service, self.subscription.queue).observe(len(envelopes))
         try:
             async with conn.transaction():
                 return await self._apply_all(conn, envelopes)
@@ -199,22 +200,23 @@ class EventConsumer:
         """The group's events, in arrival order; any failure undoes them all."""
         fresh = {r["event_id"] for r in await conn.fetch(_INSERT_INBOX_ALL, self.subscription.queue,
                                                           [e.id for e in envelopes])}
-        outcomes, caused = [], []
+        outcomes, new = [], []
         for envelope in envelopes:
-            if envelope.id not in fresh:
+            if envelope.id in fresh:
+                fresh.discard(envelope.id)  # the same event twice in one group: the second is a duplicate
+                new.append(envelope)
+                outcomes.append("applied")
+            else:
                 outcomes.append("duplicate")
-                continue
-            fresh.discard(envelope.id)  # the same event twice in one group: the second is a duplicate
-            with _logged_as(envelope):
-                try:
-                    effects = await self.subscription.handler(envelope, self.make_uow(conn))
-                except (DatabaseUnavailable, *db.CONNECTION_ERRORS):
-                    raise
-                except Exception as exc:
-                    raise _FailedInGroup(envelope.id, exc) from exc
-            caused += _as_caused(envelope, effects)
-            outcomes.append("applied")
-        await outbox.add(conn, caused)
+        if self.subscription.handles_many:
+            with _failing_as(None):  # which of the events failed is not known: each is tried alone
+                effects = await self.subscription.handler(new, self.make_uow(conn))
+        else:
+            effects = []
+            for envelope in new:
+                with _logged_as(envelope), _failing_as(envelope.id):
+                    effects.append(await self.subscription.handler(envelope, self.make_uow(conn)))
+        await outbox.add(conn, [c for envelope, e in zip(new, effects, strict=True) for c in _as_caused(envelope, e)])
         return outcomes
 
     async def _apply_alone(self, envelope: Envelope) -> str:
@@ -225,7 +227,10 @@ class EventConsumer:
         first_time = await conn.fetchval(_INSERT_INBOX, self.subscription.queue, envelope.id)
         if not first_time:
             return "duplicate"  # redelivery; the effect is already committed
-        caused = await self.subscription.handler(envelope, self.make_uow(conn))
+        if self.subscription.handles_many:
+            (caused,) = await self.subscription.handler([envelope], self.make_uow(conn))
+        else:
+            caused = await self.subscription.handler(envelope, self.make_uow(conn))
         await outbox.add(conn, _as_caused(envelope, caused))
         return "applied"
 
@@ -399,12 +404,23 @@ def _as_caused(envelope: Envelope, effects: list | None) -> list[Envelope]:
 
 
 class _FailedInGroup(Exception):
-    """A handler failed inside a shared transaction: whose event it was, and why."""
+    """A handler failed inside a shared transaction: whose event it was (None: one of several), and why."""
 
-    def __init__(self, event_id: uuid.UUID, cause: Exception):
-        super().__init__(f"event {event_id}: {cause!r}")
+    def __init__(self, event_id: uuid.UUID | None, cause: Exception):
+        super().__init__(f"event {event_id or '(one of the group)'}: {cause!r}")
         self.event_id = event_id
         self.cause = cause
+
+
+@contextlib.contextmanager
+def _failing_as(event_id: uuid.UUID | None) -> Iterator[None]:
+    """A handler's own failure undoes the group; an outage is not the handler's, and passes as it is."""
+    try:
+        yield
+    except (DatabaseUnavailable, *db.CONNECTION_ERRORS):
+        raise
+    except Exception as exc:
+        raise _FailedInGroup(event_id, exc) from exc
 
 
 class _Stopping(Exception):

@@ -27,6 +27,10 @@ class Metrics:
             ["service", "subscription", "event"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.group_size = Histogram(
+            "wabus_group_events", "Events applied together in one transaction (a subscription's group commit).",
+            ["service", "subscription"], registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        )
         self.retries = Counter(
             "wabus_event_retries_total", "Deliveries sent back through a delay queue.",
             ["service", "subscription", "event"], registry=r,

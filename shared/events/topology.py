@@ -57,6 +57,9 @@ class Subscription:
     # Only events whose headers match one of these sets (all of a set's headers) reach the queue;
     # the rest are never delivered to it. Empty: every event the keys route.
     only: Sequence[Mapping[str, str]] = ()
+    # The handler takes a list: the new events of a group (or one alone), in arrival order, and
+    # returns one list of effects per event. It can write all of them with one statement.
+    handles_many: bool = False
 
 
 def retry_exchange(service: str, attempt: int) -> str:

@@ -186,6 +186,36 @@ async def test_events_sharing_a_transaction_do_not_share_one_events_failure(isol
     assert shared[0] < 59
 
 
+async def test_a_handler_of_many_that_fails_has_each_event_tried_alone(isolated, effects):
+    """A handler that takes the group at once cannot say which event failed: the group is undone
+    and every event is tried alone, so that only the failing one retries."""
+    envelopes = [turn(300 + i) for i in range(60)]
+    bad = envelopes[30].id
+    sizes: list[int] = []
+
+    async def record_all(group: list[Envelope], conn) -> list[list]:
+        sizes.append(len(group))
+        await conn.execute("INSERT INTO effects (event_id, ticket) SELECT * FROM unnest($1::uuid[], $2::text[])",
+                           [e.id for e in group], [e.data.ticket for e in group])
+        if any(e.id == bad for e in group):
+            raise RuntimeError("boom")
+        return [[] for _ in group]
+
+    spec = consumer_spec(record_all, handles_many=True, max_attempts=2, retry_base_s=0.05)
+    async with serve(isolated.settings(), spec):
+        pass  # the queues exist now
+    async with publisher(isolated.amqp_url) as pub:
+        await asyncio.gather(*(pub.publish(e) for e in envelopes))
+    async with serve(isolated.settings(), spec):
+        await eventually(lambda: effects.failed(), what="the failing event dead-lettered")
+        await eventually(lambda: _at_least(effects.count(), 59), what="the others applied")
+        await asyncio.sleep(0.5)
+    assert await effects.per_event() == {str(e.id): 1 for e in envelopes if e.id != bad}
+    (failed,) = await effects.failed()
+    assert failed["event_id"] == str(bad) and failed["attempts"] == 2
+    assert max(sizes) > 1  # they did come as groups
+
+
 async def test_a_shards_events_share_transactions_in_order_and_one_failure_stays_its_own(isolated, effects):
     # One patient's chat: every event goes to the same shard, whose order must hold.
     envelopes = [turn(200 + i) for i in range(60)]
