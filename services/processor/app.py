@@ -21,7 +21,8 @@ def build(common: CommonSettings, own: ProcessorSettings) -> ServiceSpec:
         subscriptions=[
             # Sharded by chat, one delivery at a time per shard: a chat's messages keep their order.
             Subscription("processor.messages", "wabus.gateway", ["whatsapp.message.received"],
-                         partial(handlers.process_message, clock=lambda: datetime.now(UTC)), shards=own.shards),
+                         partial(handlers.process_messages, clock=lambda: datetime.now(UTC)), handles_many=True,
+                         shards=own.shards),
         ],
         routes=api.routes,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -11,38 +12,49 @@ import asyncpg
 
 from shared.events.catalog import MessageKind, WhatsAppMessage
 
-# One round trip for what every message needs: its conversation (created or touched), the message
-# itself (unless the provider repeated it), and the edits, revokes and reactions that arrived before
-# it and point at it. The CTEs share one snapshot: `earlier` cannot see the row `stored` inserts.
-_STORE_MESSAGE = """
+# One round trip for what a group of messages needs: their conversations (created or touched), the
+# messages themselves (unless the provider repeated them), and for each, the edits, revokes and
+# reactions that arrived before it in earlier transactions and point at it. The CTEs share one
+# snapshot: `earlier` cannot see the rows `stored` inserts.
+_STORE_MESSAGES = """
 WITH conversation AS (
     INSERT INTO conversations (id, tenant_id, chat_id, provider, is_group, phone, display_name, created_at,
                                last_message_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::text[], $7::text[],
+                         $8::timestamptz[], $9::timestamptz[])
     ON CONFLICT (tenant_id, chat_id) DO UPDATE SET
         last_message_at = GREATEST(conversations.last_message_at, EXCLUDED.last_message_at),
         phone = COALESCE(conversations.phone, EXCLUDED.phone),
         display_name = COALESCE(EXCLUDED.display_name, conversations.display_name)
-    RETURNING id
+    RETURNING id, tenant_id, chat_id
+), incoming AS (
+    SELECT m.*, conversation.id AS conversation_id
+    FROM unnest($10::uuid[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
+                $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::text[],
+                $24::text[], $25::text[], $26::text[], $27::text[], $28::timestamptz[], $29::timestamptz[])
+        AS m(id, tenant_id, chat_id, provider, provider_message_id, direction, kind, text, sender, sender_name,
+             participant, media, location, reply_to, target_message_id, reaction, intent, language, sent_at,
+             processed_at)
+    JOIN conversation USING (tenant_id, chat_id)
 ), stored AS (
     INSERT INTO messages (id, tenant_id, conversation_id, provider, provider_message_id, direction, kind, text,
                           sender, sender_name, participant, media, location, reply_to, target_message_id, reaction,
                           intent, language, sent_at, processed_at)
-    SELECT $9, $2, conversation.id, $4, $10, $11, $12, $13, $14, $15, $16, $17::jsonb, $18::jsonb, $19, $20, $21,
-           $22::jsonb, $23, $24, $25
-    FROM conversation
+    SELECT id, tenant_id, conversation_id, provider, provider_message_id, direction, kind, text, sender, sender_name,
+           participant, media::jsonb, location::jsonb, reply_to, target_message_id, reaction, intent::jsonb, language,
+           sent_at, processed_at
+    FROM incoming
     ON CONFLICT (tenant_id, provider, provider_message_id) DO NOTHING
     RETURNING id
 )
-SELECT conversation.id,
-       EXISTS (SELECT FROM stored) AS stored,
-       CASE WHEN $12 NOT IN ('edit', 'revoke', 'reaction') THEN (
+SELECT i.id, i.conversation_id, s.id IS NOT NULL AS stored,
+       CASE WHEN s.id IS NOT NULL AND i.kind NOT IN ('edit', 'revoke', 'reaction') THEN (
            SELECT json_agg(json_build_object('kind', a.kind, 'text', a.text, 'reaction', a.reaction,
                                              'sender', a.sender, 'participant', a.participant, 'sent_at', a.sent_at)
                            ORDER BY a.sent_at, a.processed_at)
-           FROM messages a WHERE a.conversation_id = conversation.id AND a.target_message_id = $10
+           FROM messages a WHERE a.conversation_id = i.conversation_id AND a.target_message_id = i.provider_message_id
        ) END AS earlier
-FROM conversation
+FROM incoming i LEFT JOIN stored s USING (id)
 """
 
 _EDIT = """
@@ -74,10 +86,21 @@ class Action:
 
 
 @dataclass(frozen=True)
+class Incoming:
+    """A message to keep, with what the bot made of it."""
+    tenant_id: str
+    message: WhatsAppMessage
+    phone: str | None
+    intent: dict | None
+    language: str | None
+    processed_at: datetime
+
+
+@dataclass(frozen=True)
 class Stored:
     conversation_id: uuid.UUID
     is_new: bool  # False: the provider sent this message before, under the same id
-    earlier: list[Action]  # edits, revokes and reactions that arrived before the message they point at
+    earlier: list[Action]  # edits, revokes and reactions stored before it that point at it
 
 
 def _who(sender: str | None, participant: str | None) -> str:
@@ -99,20 +122,30 @@ class Messages:
     def __init__(self, conn: asyncpg.Connection):
         self.conn = conn
 
-    async def store(self, tenant_id: str, m: WhatsAppMessage, *, phone: str | None, intent: dict | None,
-                    language: str | None, processed_at: datetime) -> Stored:
-        """Keep the message in its conversation, creating that on the chat's first message."""
-        row = await self.conn.fetchrow(
-            _STORE_MESSAGE, uuid.uuid4(), tenant_id, m.chat_id, m.provider.value, m.is_group, phone,
-            None if m.is_group else m.sender_name, m.sent_at,
-            uuid.uuid4(), m.provider_message_id, m.direction.value, m.kind.value, m.text, m.sender, m.sender_name,
-            m.participant, m.media.model_dump_json() if m.media else None,
-            m.location.model_dump_json() if m.location else None, m.reply_to, m.target_message_id, m.reaction,
-            json.dumps(intent) if intent else None, language, m.sent_at, processed_at,
-        )
-        earlier = [Action(MessageKind(a["kind"]), a["text"], a["reaction"], _who(a["sender"], a["participant"]),
-                          datetime.fromisoformat(a["sent_at"])) for a in json.loads(row["earlier"] or "[]")]
-        return Stored(row["id"], row["stored"], earlier)
+    async def store(self, incoming: Sequence[Incoming]) -> list[Stored]:
+        """Keep the messages, in order, in their conversations (created on a chat's first message)."""
+        if not incoming:
+            return []
+        first: dict[tuple[str, str, str], int] = {}  # a message repeated within the group is kept once
+        for i, item in enumerate(incoming):
+            first.setdefault((item.tenant_id, item.message.provider.value, item.message.provider_message_id), i)
+        kept = [incoming[i] for i in sorted(first.values())]
+        ids = [uuid.uuid4() for _ in kept]
+        rows = {r["id"]: r for r in await self.conn.fetch(_STORE_MESSAGES, *_conversation_columns(kept),
+                                                           *_message_columns(ids, kept))}
+        by_key: dict[tuple[str, str, str], Stored] = {}
+        for item, id_ in zip(kept, ids, strict=True):
+            row = rows[id_]
+            earlier = [Action(MessageKind(a["kind"]), a["text"], a["reaction"], _who(a["sender"], a["participant"]),
+                              datetime.fromisoformat(a["sent_at"])) for a in json.loads(row["earlier"] or "[]")]
+            by_key[(item.tenant_id, item.message.provider.value, item.message.provider_message_id)] = Stored(
+                row["conversation_id"], row["stored"], earlier)
+        result = []
+        for i, item in enumerate(incoming):
+            key = (item.tenant_id, item.message.provider.value, item.message.provider_message_id)
+            stored = by_key[key]
+            result.append(stored if first[key] == i else Stored(stored.conversation_id, False, []))
+        return result
 
     async def apply(self, conversation_id: uuid.UUID, target: str, action: Action) -> None:
         """An edit, revoke or reaction takes effect on the message it points at, if that is stored."""
@@ -131,6 +164,37 @@ class ProcessorUnitOfWork:
     def __post_init__(self) -> None:
         self.conversations = Conversations(self.conn)
         self.messages = Messages(self.conn)
+
+
+def _conversation_columns(kept: list[Incoming]) -> list[list]:
+    """One row per conversation, as its messages in order would have left it one by one."""
+    rows: dict[tuple[str, str], list] = {}
+    for item in kept:
+        m = item.message
+        name = None if m.is_group else m.sender_name
+        row = rows.get((item.tenant_id, m.chat_id))
+        if row is None:
+            rows[(item.tenant_id, m.chat_id)] = [uuid.uuid4(), item.tenant_id, m.chat_id, m.provider.value, m.is_group,
+                                                 item.phone, name, m.sent_at, m.sent_at]
+        else:
+            row[5] = row[5] if row[5] is not None else item.phone
+            row[6] = name if name is not None else row[6]
+            row[8] = max(row[8], m.sent_at)
+    return [list(column) for column in zip(*rows.values(), strict=True)]
+
+
+def _message_columns(ids: list[uuid.UUID], kept: list[Incoming]) -> list[list]:
+    columns: list[list] = [ids, *([] for _ in range(19))]
+    for item in kept:
+        m = item.message
+        for column, value in zip(columns[1:], (
+            item.tenant_id, m.chat_id, m.provider.value, m.provider_message_id, m.direction.value, m.kind.value,
+            m.text, m.sender, m.sender_name, m.participant, m.media.model_dump_json() if m.media else None,
+            m.location.model_dump_json() if m.location else None, m.reply_to, m.target_message_id, m.reaction,
+            json.dumps(item.intent) if item.intent else None, item.language, m.sent_at, item.processed_at,
+        ), strict=True):
+            column.append(value)
+    return columns
 
 
 def action_of(m: WhatsAppMessage) -> Action:

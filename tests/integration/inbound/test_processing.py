@@ -3,16 +3,21 @@
 import asyncio
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aio_pika
 import aiohttp
+import asyncpg
 
 from services.processor import app as processor_app
+from services.processor import handlers as processor_handlers
+from services.processor.repository import ProcessorUnitOfWork
 from services.processor.settings import ProcessorSettings
 from shared.events.catalog import Provider, WhatsAppMessage, WhatsAppMessageReceived, decode
 from shared.events.envelope import Envelope
 from shared.events.metrics import Metrics
+from shared.events.migrate import migrate, migration_files
 from shared.events.publisher import Publisher
 from shared.events.runtime import serve
 from tests.samples import sample_bytes
@@ -179,3 +184,62 @@ async def test_conversation_api_is_paginated_found_by_phone_and_scoped_to_the_te
                 assert r.status == 404
             async with http.get("/v1/conversations", headers={"Authorization": f"Bearer {other}"}) as r:
                 assert (await r.json())["items"] == []
+
+
+async def test_a_group_handled_at_once_ends_as_if_each_message_had_been_handled_alone(isolated):
+    """The processor stores a group of messages with one statement: the outcome must be the one of
+    handling them one by one, in order, also for edits and reactions that come before their
+    message, a message repeated within the group, and conversations that several messages share."""
+    conn = await asyncpg.connect(isolated.database_url)
+    try:
+        await migrate(conn, "processor", migration_files(Path(processor_handlers.__file__).parent / "migrations"))
+        await conn.execute("SET search_path TO processor")
+        together = _tricky_messages("together")
+        for group in [*([e] for e in _tricky_messages("one-by-one")), together[:1], together[1:]]:
+            async with conn.transaction():
+                effects = await processor_handlers.process_messages(
+                    group, ProcessorUnitOfWork(conn), clock=lambda: datetime.now(UTC))
+            repeats = [e.data.message.text == "repeat" for e in group]
+            assert [len(caused) for caused in effects] == [0 if r else 1 for r in repeats]
+        outcome = {}
+        for tenant in ("one-by-one", "together"):
+            messages = await conn.fetch(
+                "SELECT provider_message_id, text, edit_count, reactions, revoked_at IS NOT NULL AS revoked"
+                " FROM messages WHERE tenant_id = $1 ORDER BY provider_message_id", tenant)
+            conversations = await conn.fetch(
+                "SELECT chat_id, phone, display_name, language, opted_out, created_at, last_message_at"
+                " FROM conversations WHERE tenant_id = $1 ORDER BY chat_id", tenant)
+            outcome[tenant] = ([dict(r) for r in messages], [dict(r) for r in conversations])
+    finally:
+        await conn.close()
+    assert outcome["together"] == outcome["one-by-one"]
+    messages, conversations = outcome["together"]
+    target = next(m for m in messages if m["provider_message_id"] == "T1")
+    # The edit stored in an earlier group, then the later one from this group: the last word wins.
+    assert target["text"] == "second edit" and target["edit_count"] == 2 and target["revoked"]
+    assert json.loads(target["reactions"]) == {"+212600000901": "👍"}
+    assert len(messages) == 8 and len(conversations) == 2
+    assert {c["chat_id"]: c["opted_out"] for c in conversations} == {"212600000901@c.us": False,
+                                                                      "212600000902@c.us": True}
+
+
+def _tricky_messages(tenant: str) -> list[Envelope]:
+    base = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+    chat, other = "212600000901@c.us", "212600000902@c.us"
+
+    def message(pid: str, seconds: int, **fields) -> Envelope:
+        m = WhatsAppMessage(provider=Provider.WAHA, provider_message_id=pid, chat_id=fields.pop("chat", chat),
+                            sender="+212600000901", sent_at=base + timedelta(seconds=seconds), **fields)
+        return Envelope.new(WhatsAppMessageReceived(message=m), tenant_id=tenant)
+
+    return [
+        message("E1", 5, kind="edit", target_message_id="T1", text="first edit"),  # alone, before everything
+        message("E2", 6, kind="edit", target_message_id="T1", text="second edit"),  # before its message, in the group
+        message("R1", 7, kind="reaction", target_message_id="T1", reaction="👍"),
+        message("T1", 0, text="JOIN CARDIO", sender_name="Amina"),
+        message("T1", 0, text="repeat"),  # the provider sent it again, within the same group
+        message("X1", 8, text="STOP", chat=other, sender_name="Omar"),
+        message("V1", 9, kind="revoke", target_message_id="T1"),  # after its message, in the same group
+        message("P1", 10, text="hello", chat=other),
+        message("P2", 11, text="START", chat=chat),
+    ]
