@@ -41,13 +41,13 @@ def build(common: CommonSettings, own: GatewaySettings) -> ServiceSpec:
         subscriptions=[
             # What browsers may follow, kept for the stream hubs of every gateway replica.
             Subscription("gateway.stream.processor", "wabus.processor", ["message.processed"],
-                         stream.record_stream_event),
+                         stream.record_stream_events, handles_many=True),
             # In publishing order: a waiting-room screen must never show an older count after a newer one.
             Subscription("gateway.stream.scheduler", "wabus.scheduler",
                          ["queue.opened", "queue.closed", "queue.status.changed", "ticket.issued", "turn.reached"],
-                         stream.record_stream_event, prefetch=1, single_active=True),
+                         stream.record_stream_events, handles_many=True, prefetch=1, single_active=True),
             Subscription("gateway.stream.notifier", "wabus.notifier", ["notification.status", "broadcast.status"],
-                         stream.record_stream_event),
+                         stream.record_stream_events, handles_many=True),
         ],
         jobs=[
             Periodic("prune_received_webhooks", 3600.0, jobs.prune_received_webhooks(own.received_retention_days)),

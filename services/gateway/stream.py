@@ -35,7 +35,8 @@ Cursor = tuple[int, int]  # (xid, seq)
 
 _RECORD = """
 INSERT INTO stream_events (tenant_id, topic, department, event_id, body, occurred_at)
-VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::timestamptz[])
+ON CONFLICT (event_id) DO NOTHING
 """
 
 # Only rows of transactions older than every one still running: none can appear before them later.
@@ -66,12 +67,14 @@ PRUNE_STREAM = "DELETE FROM stream_events WHERE occurred_at < $1"
 _PRIVATE = {"patient", "subscribers"}
 
 
-async def record_stream_event(envelope: Envelope, conn: asyncpg.Connection) -> list:
-    """Keep an event for the browsers of its tenant (gateway.stream subscription)."""
-    body = envelope.model_dump_json(exclude={"data": _PRIVATE})
-    await conn.execute(_RECORD, envelope.tenant_id, envelope.type, getattr(envelope.data, "department", None),
-                       envelope.id, body, envelope.occurred_at)
-    return []
+async def record_stream_events(envelopes: list[Envelope], conn: asyncpg.Connection) -> list[list]:
+    """Keep events for the browsers of their tenants (gateway.stream subscriptions), in arrival order."""
+    await conn.execute(
+        _RECORD, [e.tenant_id for e in envelopes], [e.type for e in envelopes],
+        [getattr(e.data, "department", None) for e in envelopes], [e.id for e in envelopes],
+        [e.model_dump_json(exclude={"data": _PRIVATE}) for e in envelopes], [e.occurred_at for e in envelopes],
+    )
+    return [[] for _ in envelopes]
 
 
 @dataclass(frozen=True)
