@@ -18,13 +18,14 @@ from collections import Counter
 from multiprocessing.connection import Connection
 
 import aio_pika
+import uvloop
 
 EXCHANGE = "wabus.processor"
 ROUTING_KEY = "message.processed"
 
 
 def run(amqp_url: str, run_prefix: str, conn: Connection, lifetime_s: float) -> None:
-    asyncio.run(_listen(amqp_url, run_prefix, conn, lifetime_s))
+    uvloop.run(_listen(amqp_url, run_prefix, conn, lifetime_s))
 
 
 async def _listen(amqp_url: str, run_prefix: str, conn: Connection, lifetime_s: float) -> None:

@@ -50,7 +50,7 @@ METRICS_KEPT = ("wabus_webhooks_total", "wabus_webhook_duration_seconds_sum", "w
                 "wabus_handler_duration_seconds_sum", "wabus_handler_duration_seconds_count",
                 "wabus_events_consumed_total", "wabus_events_published_total", "wabus_outbox_backlog",
                 "wabus_outbox_oldest_age_seconds", "wabus_publish_failures_total", "wabus_event_retries_total",
-                "wabus_dead_letters_total")
+                "wabus_dead_letters_total", "wabus_group_events_sum", "wabus_group_events_count")
 
 
 async def _scrape(ports: dict[str, int]) -> dict[str, list[str]]:
