@@ -32,6 +32,7 @@ async def process_messages(envelopes: list[Envelope[WhatsAppMessageReceived]], u
     """
     started = time.perf_counter()
     at = clock()
+    # An instant of its own for each message: processed_at keeps the group's order.
     understood = [_understand(e, at + timedelta(microseconds=i)) for i, e in enumerate(envelopes)]
     stored = await uow.messages.store([incoming for incoming, _, _ in understood])
 

@@ -95,6 +95,11 @@ class Incoming:
     language: str | None
     processed_at: datetime
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """What makes a message unique: the same message, sent again, has the same key."""
+        return self.tenant_id, self.message.provider.value, self.message.provider_message_id
+
 
 @dataclass(frozen=True)
 class Stored:
@@ -128,24 +133,19 @@ class Messages:
             return []
         first: dict[tuple[str, str, str], int] = {}  # a message repeated within the group is kept once
         for i, item in enumerate(incoming):
-            first.setdefault((item.tenant_id, item.message.provider.value, item.message.provider_message_id), i)
+            first.setdefault(item.key, i)
         kept = [incoming[i] for i in sorted(first.values())]
         ids = [uuid.uuid4() for _ in kept]
         rows = {r["id"]: r for r in await self.conn.fetch(_STORE_MESSAGES, *_conversation_columns(kept),
                                                            *_message_columns(ids, kept))}
-        by_key: dict[tuple[str, str, str], Stored] = {}
+        stored: dict[tuple[str, str, str], Stored] = {}
         for item, id_ in zip(kept, ids, strict=True):
             row = rows[id_]
             earlier = [Action(MessageKind(a["kind"]), a["text"], a["reaction"], _who(a["sender"], a["participant"]),
                               datetime.fromisoformat(a["sent_at"])) for a in json.loads(row["earlier"] or "[]")]
-            by_key[(item.tenant_id, item.message.provider.value, item.message.provider_message_id)] = Stored(
-                row["conversation_id"], row["stored"], earlier)
-        result = []
-        for i, item in enumerate(incoming):
-            key = (item.tenant_id, item.message.provider.value, item.message.provider_message_id)
-            stored = by_key[key]
-            result.append(stored if first[key] == i else Stored(stored.conversation_id, False, []))
-        return result
+            stored[item.key] = Stored(row["conversation_id"], row["stored"], earlier)
+        return [stored[item.key] if first[item.key] == i else Stored(stored[item.key].conversation_id, False, [])
+                for i, item in enumerate(incoming)]
 
     async def apply(self, conversation_id: uuid.UUID, target: str, action: Action) -> None:
         """An edit, revoke or reaction takes effect on the message it points at, if that is stored."""
