@@ -19,7 +19,7 @@ def build(common: CommonSettings, own: ProcessorSettings) -> ServiceSpec:
         migrations=Path(__file__).parent / "migrations",
         unit_of_work=ProcessorUnitOfWork,
         subscriptions=[
-            # Sharded by chat, one delivery at a time per shard: a chat's messages keep their order.
+            # Sharded by chat, each shard applied in arrival order: a chat's messages keep their order.
             Subscription("processor.messages", "wabus.gateway", ["whatsapp.message.received"],
                          partial(handlers.process_messages, clock=lambda: datetime.now(UTC)), handles_many=True,
                          shards=own.shards),

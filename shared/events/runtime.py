@@ -141,17 +141,16 @@ async def _consumers(app: web.Application) -> AsyncIterator[None]:
     for sub in spec.subscriptions:
         # The deliveries in hand, from all of the subscription's queues, are applied by its consumer's
         # one group worker, in arrival order: that is what keeps each shard's order.
-        prefetch = sub.prefetch
         ordered = bool(sub.shards or sub.single_active)
         consumer = EventConsumer(
             service=spec.name, subscription=sub, pool=app[POOL], publisher=app[PUBLISHER],
             make_uow=spec.unit_of_work, metrics=metrics, unavailable_backoff_s=s.unavailable_backoff_s,
-            stopping=stopping, together=prefetch > 1,
+            stopping=stopping, together=sub.prefetch > 1,
         )
         consumer.start()
         consumers.append(consumer)
         for queue in topology.consumed_queues(sub):
-            workers.append(QueueWorker(queue, prefetch, functools.partial(consumer.process, queue=queue),
+            workers.append(QueueWorker(queue, sub.prefetch, functools.partial(consumer.process, queue=queue),
                                        stop_timeout_s=s.shutdown_timeout_s, ordered=ordered))
     collector = DeadLetterCollector(service=spec.name, pool=app[POOL], metrics=metrics,
                                     unavailable_backoff_s=s.unavailable_backoff_s, stopping=stopping)

@@ -52,7 +52,7 @@ class Subscription:
     # One consumer at a time across replicas: keeps the queue's order.
     single_active: bool = False
     # Split by the events' shard key (a chat) over this many queues, each with one active consumer
-    # and taken one delivery at a time: order per key holds with any number of replicas.
+    # whose deliveries are applied in arrival order: order per key holds with any number of replicas.
     shards: int = 0
     # Only events whose headers match one of these sets (all of a set's headers) reach the queue;
     # the rest are never delivered to it. Empty: every event the keys route.
