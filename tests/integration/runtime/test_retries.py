@@ -5,9 +5,8 @@ import json
 import sys
 import time
 
-import aio_pika
-
 from shared.events.envelope import Envelope
+from shared.events.publisher import build_message
 from shared.events.runtime import serve
 from tests.support import eventually
 
@@ -115,7 +114,8 @@ async def test_undecodable_and_unknown_version_events_are_dead_lettered_at_once(
     unknown_version = valid.encode().replace(b'"version":1', b'"version":99')
     async with serve(isolated.settings(), consumer_spec()), publisher(isolated.amqp_url) as pub:
         for body in (b"{not json", unknown_version):
-            await pub.send("", "processor.turns", aio_pika.Message(body, message_id="raw"))
+            await pub.send("", "processor.turns", build_message(body=body, event_id="raw", event_type="",
+                                                                correlation_id=None, occurred_at=None))
         await pub.publish(valid)
         await eventually(lambda: effects.count(), what="valid event applied")
         failed = await eventually(lambda: _at_least_rows(effects.failed(), 2), what="both dead-lettered")
@@ -139,8 +139,9 @@ async def test_what_the_broker_dead_letters_by_itself_lands_in_the_store(isolate
     """A delivery that crashed its consumer up to the queue's delivery limit reaches <service>.dead."""
     envelope = turn(3)
     async with serve(isolated.settings(), consumer_spec()), publisher(isolated.amqp_url) as pub:
-        crash_looped = aio_pika.Message(envelope.encode(), message_id=str(envelope.id), type=envelope.type, headers={
-            "x-first-death-queue": "processor.turns", "x-first-death-reason": "delivery_limit"})
+        crash_looped = build_message(
+            body=envelope.encode(), event_id=str(envelope.id), event_type=envelope.type, correlation_id=None,
+            occurred_at=None, headers={"x-first-death-queue": "processor.turns", "x-first-death-reason": "delivery_limit"})
         await pub.send("wabus.processor.dead", "turn.reached", crash_looped)
         (failed,) = await eventually(lambda: effects.failed(), what="stored")
     assert failed["subscription"] == "processor.turns"
