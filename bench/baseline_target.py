@@ -113,8 +113,8 @@ async def run(settings: phases.Settings, tag: str, results_dir: Path, port: int,
 
         print(f"baseline: warming up with {settings.warmup} webhooks", flush=True)
         warm = load.build_batch(run_prefix + "W", settings.warmup, secret)
-        async with load.new_session(limit=8) as http:
-            warm_record = await load.trickle(http, url, warm)
+        async with load.Sender(url, limit=1) as sender:
+            warm_record = await load.trickle(sender, warm)
         if sum(warm_record.accepted) != settings.warmup:
             raise RuntimeError(f"warm-up not accepted: {dict(warm_record.errors)}")
         await _wait_for_rows(conn, warm.prefix, settings.warmup, 60)

@@ -67,17 +67,17 @@ async def fixed_rate(url: str, batch: load.Batch, settings: Settings, groups: cp
     wall_offset = time.time() - time.perf_counter()
     # Enough connections that slow answers never hold back the schedule (requests wait in the
     # connector only beyond this, and their latency still counts from when they were due to go).
-    async with load.new_session(limit=512) as session:
+    async with load.Sender(url, limit=512) as sender:
         (record, start, lateness), usage, top = await _measured(
-            load.fixed_rate(session, url, batch, settings.rate, settings.duration_s), groups, settings.duration_s)
+            load.fixed_rate(sender, batch, settings.rate, settings.duration_s), groups, settings.duration_s)
     return Phase(record, start, wall_offset, usage, top, lateness)
 
 
 async def max_rate(url: str, batch: load.Batch, settings: Settings, groups: cpu.Groups) -> Phase:
     wall_offset = time.time() - time.perf_counter()
-    async with load.new_session(limit=settings.concurrency) as session:
+    async with load.Sender(url, limit=settings.concurrency) as sender:
         (record, start), usage, top = await _measured(
-            load.closed_loop(session, url, batch, settings.concurrency, settings.max_duration_s),
+            load.closed_loop(sender, batch, settings.concurrency, settings.max_duration_s),
             groups, settings.max_duration_s)
     return Phase(record, start, wall_offset, usage, top)
 
