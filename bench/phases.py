@@ -65,8 +65,8 @@ async def _measured(run, groups: cpu.Groups, expected_s: float):
 
 async def fixed_rate(url: str, batch: load.Batch, settings: Settings, groups: cpu.Groups) -> Phase:
     wall_offset = time.time() - time.perf_counter()
-    # Enough connections that slow answers never hold back the schedule (requests wait in the
-    # connector only beyond this, and their latency still counts from when they were due to go).
+    # Enough connections that slow answers never hold back the schedule (a request waits for a free
+    # one only beyond this, and its latency still counts from when it was due to go).
     async with load.Sender(url, limit=512) as sender:
         (record, start, lateness), usage, top = await _measured(
             load.fixed_rate(sender, batch, settings.rate, settings.duration_s), groups, settings.duration_s)
