@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 from shared.phones import to_e164_each
@@ -17,9 +20,17 @@ from shared.phones import to_e164_each
 IN_A_THREAD_UP_TO = 500
 
 
-def _leave_signals_to_the_service() -> None:
+def _start_worker() -> None:
     # Ctrl-C reaches the whole process group: the service shuts its workers down in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A service killed outright (SIGKILL, the OOM killer) cannot: its workers go when they see it gone.
+    threading.Thread(target=_exit_with, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 class Numbers:
@@ -32,7 +43,7 @@ class Numbers:
         if self._workers:
             # spawn, not fork: a fork of a process with a running event loop and threads is not safe.
             self._pool = ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_leave_signals_to_the_service)
+                                             initializer=_start_worker)
             loop = asyncio.get_running_loop()
             await asyncio.gather(*(loop.run_in_executor(self._pool, to_e164_each, ["+212600000000"], None)
                                    for _ in range(self._workers)))

@@ -1,12 +1,14 @@
 """A notifier killed with SIGKILL in the middle of a broadcast: the next one finishes it, nobody twice."""
 
 import asyncio
+import os
 import signal
 import socket
 import sys
 
 import aiohttp
 
+from bench.infra import children_of
 from services.notifier.fake_provider import running_fake_provider
 from tests.integration.inbound.conftest import add_tenants
 from tests.integration.scheduler.conftest import add_keys
@@ -55,8 +57,11 @@ async def test_kill_9_mid_broadcast_resumes_without_skipping_or_doubling(isolate
             assert r.status == 202
             broadcast_id = (await r.json())["broadcast_id"]
         await eventually(lambda: _count(fake, 8), timeout=30, what="a few sends")
+        workers = children_of(first.pid)
+        assert workers, "the notifier's phone number workers"
         first.send_signal(signal.SIGKILL)
         await first.wait()
+        await eventually(lambda: _none_alive(workers), timeout=10, what="its workers gone with it")
         killed_at = len(fake.sent)
         assert killed_at < len(recipients)
 
@@ -78,3 +83,7 @@ async def test_kill_9_mid_broadcast_resumes_without_skipping_or_doubling(isolate
 
 async def _count(fake, n: int) -> bool:
     return len(fake.sent) >= n
+
+
+async def _none_alive(pids: list[int]) -> bool:
+    return not any(os.path.exists(f"/proc/{pid}") for pid in pids)
