@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,8 +15,6 @@ from .catalog import route_of
 from .envelope import Envelope
 from .errors import PublishFailed
 from .metrics import Metrics
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
