@@ -48,6 +48,18 @@ class Listener:
         await eventually(lambda: _ready(len(self.messages) >= count), timeout=timeout, what=f"{count} messages")
         return self.messages
 
+    def events(self) -> list[AbstractIncomingMessage]:
+        """What arrived, once per event id in order of first arrival: delivery is at least once, and a
+        publish whose confirm was lost goes out again under the same id."""
+        first: dict[str | None, AbstractIncomingMessage] = {}
+        for message in self.messages:
+            first.setdefault(message.message_id, message)
+        return list(first.values())
+
+    async def wait_for_events(self, count: int, *, timeout: float = 15.0) -> list[AbstractIncomingMessage]:
+        await eventually(lambda: _ready(len(self.events()) >= count), timeout=timeout, what=f"{count} events")
+        return self.events()
+
     async def __aexit__(self, *exc: object) -> None:
         if self._connection is not None:
             await self._connection.close()
