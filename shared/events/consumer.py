@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aiormq
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
@@ -25,7 +24,7 @@ from .envelope import Envelope
 from .errors import DatabaseUnavailable, InvalidEvent, PermanentFailure, PublishFailed
 from .logs import log_context
 from .metrics import Metrics
-from .publisher import Publisher, build_message
+from .publisher import CHANNEL_GONE, Publisher, build_message
 from .topology import Subscription, consumed_queues, retry_exchange
 
 log = logging.getLogger(__name__)
@@ -324,10 +323,6 @@ class DeadLetterCollector:
         return True
 
 
-# What an ack, a nack or a cancel raises when its channel has closed under it.
-_CHANNEL_GONE = (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError)
-
-
 class QueueWorker:
     """Feeds one queue's deliveries to `process`, and acks them once they settle.
 
@@ -390,7 +385,7 @@ class QueueWorker:
                 finally:
                     del self._unacked[message]  # only now may a `multiple` ack pass over its tag
             # else: stays unacked, and so does everything after it, until the channel's close
-        except _CHANNEL_GONE as exc:
+        except CHANNEL_GONE as exc:
             self._outcome_not_sent(settled, exc)
         finally:
             self._inflight.discard(task)
@@ -414,12 +409,12 @@ class QueueWorker:
                 # On the channel of the last: one a reconnect replaced cannot ack, and its deliveries
                 # come back anyway.
                 await head[-1].ack(multiple=len(head) > 1)
-            except _CHANNEL_GONE as exc:
+            except CHANNEL_GONE as exc:
                 self._outcome_not_sent(True, exc, count=len(head))
         for message in behind:
             try:
                 await message.ack()
-            except _CHANNEL_GONE as exc:
+            except CHANNEL_GONE as exc:
                 self._outcome_not_sent(True, exc)
 
     def _outcome_not_sent(self, settled: bool, exc: BaseException, count: int = 1) -> None:
@@ -433,7 +428,7 @@ class QueueWorker:
         if not self._ordered and self._queue is not None and self._tag is not None:
             try:
                 await asyncio.wait_for(self._queue.cancel(self._tag), timeout=5)
-            except (TimeoutError, *_CHANNEL_GONE):
+            except (TimeoutError, *CHANNEL_GONE):
                 pass  # the channel is gone; its unacked deliveries return to the queue
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=self._stop_timeout_s)

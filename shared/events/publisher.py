@@ -16,6 +16,9 @@ from .envelope import Envelope
 from .errors import PublishFailed
 from .metrics import Metrics
 
+# What a publish, an ack, a nack or a cancel raises when its channel or connection has gone.
+CHANNEL_GONE = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
+
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
@@ -91,7 +94,7 @@ class Publisher:
         except aiormq.exceptions.DeliveryError as exc:
             self._failed("nack")
             raise PublishFailed(f"broker refused {routing_key}", reason="nack") from exc
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        except CHANNEL_GONE as exc:
             self._failed("connection")
             raise PublishFailed(f"broker unavailable: {exc!r}") from exc
         self._metrics.published.labels(self._service, message.properties.message_type or "").inc()
