@@ -39,9 +39,11 @@ async def record_webhooks(conn: asyncpg.Connection, items: list[Incoming]) -> li
     )
     new = {(r["tenant_id"], r["provider"], r["dedupe_key"]) for r in inserted}
     await outbox.add(conn, [first[k] for k in keys if k in new])
-    learned = [(i.tenant.id, i.accepted.lid, i.accepted.lid_phone) for i in items if i.accepted.lid and i.accepted.lid_phone]
+    # Once per LID: an upsert may not touch one row twice (a message and its message.any copy both tell).
+    learned = {(i.tenant.id, i.accepted.lid): i.accepted.lid_phone for i in items if i.accepted.lid and i.accepted.lid_phone}
     if learned:
-        await conn.execute(repository.REMEMBER_LID_PHONES, *map(list, zip(*learned, strict=True)))
+        await conn.execute(repository.REMEMBER_LID_PHONES, [k[0] for k in learned], [k[1] for k in learned],
+                           list(learned.values()))
 
     results = []
     for item in items:

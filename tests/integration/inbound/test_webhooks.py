@@ -116,6 +116,30 @@ async def test_concurrent_first_copies_make_one_event(isolated, tenants):
     assert stored[0][0] == 1
 
 
+async def test_one_lid_sender_told_several_times_at_once_is_accepted(isolated, tenants):
+    # A message and its message.any copy, and the sender's next messages, all naming the LID's phone,
+    # arrive together and share one commit: the phone is remembered once, nothing fails.
+    sample = json.loads(sample_bytes("waha/message.any.lid-reply.partial.json"))
+    bodies = []
+    for n in range(6):
+        for event in ("message", "message.any"):
+            copy = json.loads(json.dumps(sample))
+            copy["event"] = event
+            copy["payload"]["id"] = f"false_72318944542853@lid_LID{n}"
+            copy["payload"]["_data"] = {"key": {"remoteJidAlt": "212600000555@s.whatsapp.net"}}
+            bodies.append(json.dumps(copy).encode())
+    async with running(isolated.settings()) as inbound, \
+            Listener(isolated.amqp_url, "wabus.processor", ["message.processed"]) as processed:
+        answers = await asyncio.gather(*(inbound.post("waha", body) for body in bodies))
+        assert [status for status, _, _ in answers] == [200] * len(bodies), answers
+        assert sum(a["accepted"] for _, a, _ in answers) == 6
+        await processed.wait_for(6)
+    senders = {decode(m.body).data.message.sender for m in processed.messages}
+    assert senders == {"+212600000555"}
+    known = await rows(isolated.database_url, "SELECT lid, phone FROM gateway.lid_phones")
+    assert [tuple(r) for r in known] == [("72318944542853@lid", "+212600000555")]
+
+
 async def test_wrong_or_missing_signatures_are_401_and_keep_nothing(isolated, tenants):
     body = sample_bytes("waha/message.text.webjs.json")
     meta = sample_bytes("meta/messages.text.json")
