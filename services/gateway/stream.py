@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -20,7 +22,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.events import db
-from shared.events.auth import Principal, Role
+from shared.events.auth import Role
 from shared.events.envelope import Envelope
 from shared.events.runtime import API_KEYS
 
@@ -29,7 +31,9 @@ log = logging.getLogger(__name__)
 TOPICS = ("message.processed", "queue.opened", "queue.closed", "queue.status.changed", "ticket.issued",
           "turn.reached", "notification.status", "broadcast.status")
 HEARTBEAT_S = 15.0
+KEY_CHECK_S = 15.0  # how often an open stream's key is checked again: a revoked key loses its stream
 CLIENT_BUFFER = 1000  # a client further behind than this is dropped; it reconnects and catches up
+REPLAY_PAGE = 1000
 
 Cursor = tuple[int, int]  # (xid, seq)
 
@@ -53,7 +57,7 @@ _REPLAY = f"""
 SELECT e.xid::text::bigint AS xid, e.seq, e.tenant_id, e.topic, e.department, e.body FROM stream_events e
 WHERE e.tenant_id = $1 AND (e.xid, e.seq) > ($2::text::xid8, $3) AND (e.xid, e.seq) <= ($4::text::xid8, $5)
   AND {_FINAL} AND e.topic = ANY($6::text[]) AND ($7::text IS NULL OR e.department = $7)
-ORDER BY e.tenant_id, e.xid, e.seq LIMIT 10000
+ORDER BY e.tenant_id, e.xid, e.seq LIMIT $8
 """
 
 _HORIZON = f"""
@@ -124,12 +128,17 @@ class Filter(BaseModel):
         return item.topic in self.topics and (self.department is None or item.department == self.department)
 
 
+_BIGINT_MAX = 2**63 - 1
+
+
 def parse_id(value: str) -> Cursor:
     try:
-        xid, seq = value.split(".")
-        return int(xid), int(seq)
+        xid, seq = (int(part) for part in value.split("."))
     except ValueError:
         raise ValueError("not an event id this stream gave out") from None
+    if not (0 <= xid <= _BIGINT_MAX and 0 <= seq <= _BIGINT_MAX):
+        raise ValueError("not an event id this stream gave out")
+    return xid, seq
 
 
 @dataclass(eq=False)
@@ -215,11 +224,20 @@ class StreamHub:
         self._clients.discard(client)
         self._connected.labels("gateway").set(len(self._clients))
 
-    async def replay(self, client: Client, after: Cursor, until: Cursor) -> list[Item]:
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(_REPLAY, client.tenant_id, str(after[0]), after[1], str(until[0]), until[1],
-                                    client.filter.topics, client.filter.department)
-        return [_item(r) for r in rows]
+    async def replay(self, client: Client, until: Cursor) -> AsyncIterator[list[Item]]:
+        """What the client missed after its last id, up to where the hub took over, a page at a time."""
+        if client.filter.last_event_id is None:
+            return
+        after = parse_id(client.filter.last_event_id)
+        while True:
+            async with self._pool.acquire() as conn:
+                rows = await conn.fetch(_REPLAY, client.tenant_id, str(after[0]), after[1], str(until[0]), until[1],
+                                        client.filter.topics, client.filter.department, REPLAY_PAGE)
+            if rows:
+                yield [_item(r) for r in rows]
+            if len(rows) < REPLAY_PAGE:
+                return
+            after = (rows[-1]["xid"], rows[-1]["seq"])
 
     def _disconnect(self, client: Client) -> None:
         """The client finishes what is queued, then meets the end marker."""
@@ -269,32 +287,47 @@ class StreamHub:
 HUB = web.AppKey("stream_hub", StreamHub)
 
 
-async def _open(request: web.Request) -> tuple[Principal, Client, list[Item]]:
+async def _open(request: web.Request) -> Client:
     principal = await request.app[API_KEYS].authenticate(request, Role.VIEWER)
     query = dict(request.query)
     last = request.headers.get("Last-Event-ID") or query.get("last_event_id")
-    flt = Filter.model_validate({**query, "last_event_id": last})
-    hub = request.app[HUB]
-    client = Client(principal.tenant_id, flt)
-    until = hub.join(client)
-    missed = await hub.replay(client, parse_id(flt.last_event_id), until) if flt.last_event_id else []
-    return principal, client, missed
+    return Client(principal.tenant_id, Filter.model_validate({**query, "last_event_id": last}))
+
+
+async def _still_allowed(request: web.Request) -> bool:
+    """Whether the stream's key still holds (checked through the keys' short cache)."""
+    try:
+        await request.app[API_KEYS].authenticate(request, Role.VIEWER)
+    except (web.HTTPUnauthorized, web.HTTPForbidden):
+        return False
+    except Exception as exc:  # noqa: BLE001 - an unreachable database is no reason to cut a viewer off
+        log.warning("stream key not checked again", extra={"error": str(exc)})
+    return True
 
 
 async def sse(request: web.Request) -> web.StreamResponse:
-    _, client, missed = await _open(request)
+    client = await _open(request)
     hub = request.app[HUB]
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
+    until = hub.join(client)  # before anything can fail: `finally` is what lets the client go
     try:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
         await response.prepare(request)
-        for item in missed:
-            await response.write(_sse_frame(item))
+        async for page in hub.replay(client, until):
+            for item in page:
+                await response.write(_sse_frame(item))
+        checked = beat = time.monotonic()
         while True:
+            if time.monotonic() - checked >= KEY_CHECK_S:
+                checked = time.monotonic()
+                if not await _still_allowed(request):
+                    break  # the browser reconnects, and then meets a 401
             try:
-                item = await client.next(HEARTBEAT_S)
+                item = await client.next(1.0)
             except TimeoutError:
-                await response.write(b": heartbeat\n\n")
+                if time.monotonic() - beat >= HEARTBEAT_S:
+                    beat = time.monotonic()
+                    await response.write(b": heartbeat\n\n")
                 continue
             if item is None:
                 break
@@ -311,15 +344,23 @@ def _sse_frame(item: Item) -> bytes:
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
-    _, client, missed = await _open(request)
+    client = await _open(request)
     hub = request.app[HUB]
+    until = hub.join(client)  # before anything can fail: `finally` is what lets the client go
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S)
-    await ws.prepare(request)
     try:
-        for item in missed:
-            await ws.send_str(_ws_frame(item))
+        await ws.prepare(request)
+        async for page in hub.replay(client, until):
+            for item in page:
+                await ws.send_str(_ws_frame(item))
         reader = asyncio.create_task(_drain_incoming(ws))
+        checked = time.monotonic()
         while not ws.closed and not reader.done():
+            if time.monotonic() - checked >= KEY_CHECK_S:
+                checked = time.monotonic()
+                if not await _still_allowed(request):
+                    await ws.close(code=4001, message=b"API key revoked")
+                    break
             try:
                 item = await client.next(1.0)
             except TimeoutError:
@@ -333,7 +374,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         pass
     finally:
         hub.leave(client)
-        if not ws.closed:
+        if ws.prepared and not ws.closed:
             await ws.close()
     return ws
 

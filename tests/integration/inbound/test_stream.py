@@ -2,9 +2,11 @@
 
 import asyncio
 import json
+import sys
 
 import aiohttp
 
+from services.gateway import stream
 from tests.support import Listener
 
 from .conftest import running
@@ -80,3 +82,58 @@ def _meta_message() -> bytes:
     from tests.samples import sample_bytes
 
     return sample_bytes("meta/messages.text.json")
+
+
+async def test_a_long_absence_is_caught_up_page_by_page(isolated, tenants, monkeypatch):
+    monkeypatch.setattr(stream, "REPLAY_PAGE", 2)
+    key = await _key(isolated, "clinic-waha", "viewer")
+    async with running(isolated.settings()) as inbound, \
+            Listener(isolated.amqp_url, "wabus.processor", ["message.processed"]) as processed:
+        url, auth = inbound.gateway_url, {"Authorization": f"Bearer {key}"}
+        sse = await inbound.http.get(f"{url}/v1/stream", params={"topics": "message.processed"}, headers=auth)
+        await asyncio.sleep(0.2)
+        await inbound.post("waha", text("212600000321", 1, "seen"))
+        (seen,) = await _sse_events(sse, 1)
+        sse.close()
+        for n in range(2, 9):
+            await inbound.post("waha", text("212600000321", n, f"missed {n}"))
+        await processed.wait_for(8)
+        again = await inbound.http.get(f"{url}/v1/stream", params={"topics": "message.processed"},
+                                       headers={**auth, "Last-Event-ID": seen["id"]})
+        missed = await _sse_events(again, 7)
+        assert [json.loads(e["data"])["data"]["message"]["text"] for e in missed] == [
+            f"missed {n}" for n in range(2, 9)]
+        again.close()
+
+
+async def test_a_stream_that_never_opens_leaves_no_client_behind(isolated, tenants):
+    key = await _key(isolated, "clinic-waha", "viewer")
+    async with running(isolated.settings()) as inbound:
+        url = inbound.gateway_url
+        for _ in range(3):  # a plain GET, not a WebSocket upgrade
+            async with inbound.http.get(f"{url}/v1/ws", params={"api_key": key}) as r:
+                assert r.status == 400
+        async with inbound.http.get(f"{url}/v1/stream", headers={"Authorization": f"Bearer {key}",
+                                                                 "Last-Event-ID": f"{2**64}.1"}) as r:
+            assert r.status == 422 and (await r.json())["field"] == "last_event_id"
+        async with inbound.http.get(f"{url}/metrics") as r:
+            assert 'wabus_stream_clients{service="gateway"} 0.0' in await r.text()
+
+
+async def test_a_revoked_key_loses_its_open_stream(isolated, tenants, monkeypatch):
+    monkeypatch.setattr(stream, "KEY_CHECK_S", 0.5)
+    key = await _key(isolated, "clinic-waha", "viewer")
+    async with running(isolated.settings()) as inbound:
+        url = inbound.gateway_url
+        sse = await inbound.http.get(f"{url}/v1/stream", headers={"Authorization": f"Bearer {key}"})
+        ws = await inbound.http.ws_connect(f"{url}/v1/ws", params={"api_key": key}, autoclose=False)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.cli", "keys", "revoke", key.split("_")[1], env=isolated.env(),
+            stdout=asyncio.subprocess.DEVNULL)
+        assert await asyncio.wait_for(proc.wait(), timeout=60) == 0
+        # Within the keys' cache (5 s) and a check, both streams end.
+        _, closing = await asyncio.gather(asyncio.wait_for(sse.content.read(), timeout=15), ws.receive(timeout=15))
+        assert sse.content.at_eof()
+        assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 4001
+        async with inbound.http.get(f"{url}/v1/stream", headers={"Authorization": f"Bearer {key}"}) as r:
+            assert r.status == 401
