@@ -21,6 +21,13 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _gone(conn: asyncpg.Connection) -> bool:
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True  # the pool has taken it back: it closed under its holder
+
+
 def server_settings(schema: str) -> dict[str, str]:
     # Each service sees only its own schema, so SQL never names one.
     return {"search_path": schema, "application_name": f"wabus-{schema}"}
@@ -79,7 +86,11 @@ async def transaction(pool: asyncpg.Pool, *, acquire_timeout: float = 10.0) -> A
     try:
         async with conn.transaction():
             yield conn
-    except CONNECTION_ERRORS as exc:
-        raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
+    except Exception as exc:
+        # A connection lost mid-transaction mostly surfaces as asyncpg's InterfaceError (on the next
+        # statement, or from the rollback), not as a connection error: a gone connection is the outage.
+        if isinstance(exc, CONNECTION_ERRORS) or (isinstance(exc, asyncpg.InterfaceError) and _gone(conn)):
+            raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
+        raise
     finally:
         await pool.release(conn)

@@ -5,6 +5,9 @@ import json
 import sys
 import time
 
+import asyncpg
+import pytest
+
 from shared.events.envelope import Envelope
 from shared.events.publisher import build_message
 from shared.events.runtime import serve
@@ -240,3 +243,36 @@ async def test_a_shards_events_share_transactions_in_order_and_one_failure_stays
 
 async def _at_least(count, n: int) -> bool:
     return await count >= n
+
+
+class CutOnce:
+    """Loses its database connection the first time it meets an event (PostgreSQL restarting, say)."""
+
+    def __init__(self, database_url: str):
+        self.database_url = database_url
+        self.calls = 0
+
+    async def __call__(self, envelope: Envelope, conn):
+        self.calls += 1
+        if self.calls == 1:
+            other = await asyncpg.connect(self.database_url)
+            try:
+                await other.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+            finally:
+                await other.close()
+            await conn.execute("SELECT 1")  # the connection is gone under the handler
+        return await record_effect(envelope, conn)
+
+
+@pytest.mark.parametrize("prefetch", [1, 8], ids=["alone", "in a group"])
+async def test_a_connection_lost_mid_transaction_is_an_outage_not_a_failed_attempt(isolated, effects, prefetch):
+    handler = CutOnce(isolated.database_url)
+    envelope = turn(400)
+    # One attempt only: had the cut been taken for the handler's failure, the event would be dead-lettered.
+    async with serve(isolated.settings(), consumer_spec(handler, max_attempts=1, prefetch=prefetch)), \
+            publisher(isolated.amqp_url) as pub:
+        await pub.publish(envelope)
+        await eventually(lambda: effects.count(), what="applied once the database answers again")
+    assert await effects.per_event() == {str(envelope.id): 1}
+    assert await effects.failed() == []
+    assert handler.calls == 2
