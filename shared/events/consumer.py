@@ -298,9 +298,7 @@ class DeadLetterCollector:
     stopping: asyncio.Event
 
     async def process(self, message: AbstractIncomingMessage) -> bool:
-        headers = message.headers or {}
-        queue = str(headers.get("x-first-death-queue", "unknown"))
-        reason = str(headers.get("x-first-death-reason", "unknown"))
+        queue, reason = _last_death(message.headers or {})
         envelope = None
         try:
             envelope = decode(message.body)
@@ -321,6 +319,16 @@ class DeadLetterCollector:
         self.metrics.dead_letters.labels(self.service, queue, reason).inc()
         log.error("broker dead-lettered an event", extra={"subscription": queue, "reason": reason})
         return True
+
+
+def _last_death(headers: dict[str, Any]) -> tuple[str, str]:
+    """Where and why the broker dead-lettered a message this time. `x-first-death-*` name the first
+    time ever: for an event retried before, that is its delay queue's expiry, and replaying it there
+    would leave it in a queue nobody consumes."""
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):  # most recent first
+        return str(deaths[0].get("queue", "unknown")), str(deaths[0].get("reason", "unknown"))
+    return str(headers.get("x-first-death-queue", "unknown")), str(headers.get("x-first-death-reason", "unknown"))
 
 
 class QueueWorker:

@@ -152,6 +152,26 @@ async def test_what_the_broker_dead_letters_by_itself_lands_in_the_store(isolate
     assert failed["event_id"] == str(envelope.id) and failed["tenant_id"] == "clinic-a"
 
 
+async def test_a_retried_event_the_broker_dead_letters_is_stored_for_its_own_queue(isolated, effects):
+    # Retried once (its delay queue expired it), then crash-looped: the first death names the delay
+    # queue, the latest names the subscription's queue, which is where a replay must go.
+    envelope = turn(4)
+    deaths = [{"queue": "processor.turns", "reason": "delivery_limit", "count": 1, "exchange": "",
+               "routing-keys": ["processor.turns"]},
+              {"queue": "processor.retry.1", "reason": "expired", "count": 1, "exchange": "wabus.processor.retry.1",
+               "routing-keys": ["processor.turns"]}]
+    async with serve(isolated.settings(), consumer_spec()), publisher(isolated.amqp_url) as pub:
+        crash_looped = build_message(
+            body=envelope.encode(), event_id=str(envelope.id), event_type=envelope.type, correlation_id=None,
+            occurred_at=None, headers={"x-death": deaths, "x-first-death-queue": "processor.retry.1",
+                                       "x-first-death-reason": "expired"})
+        await pub.send("wabus.processor.dead", "turn.reached", crash_looped)
+        (failed,) = await eventually(lambda: effects.failed(), what="stored")
+    assert failed["subscription"] == "processor.turns"
+    assert failed["reason"] == "broker dead-lettered: delivery_limit"
+    assert (failed["requeue_exchange"], failed["requeue_routing_key"]) == ("", "processor.turns")
+
+
 class FailsOne:
     """Applies every event but one, which it always fails after writing its effect."""
 
