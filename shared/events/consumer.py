@@ -321,6 +321,13 @@ class DeadLetterCollector:
         return True
 
 
+def _channel_closed(message: AbstractIncomingMessage) -> bool:
+    try:
+        return message.channel.is_closed
+    except CHANNEL_GONE:
+        return True
+
+
 def _last_death(headers: dict[str, Any]) -> tuple[str, str]:
     """Where and why the broker dead-lettered a message this time. `x-first-death-*` name the first
     time ever: for an event retried before, that is its delay queue's expiry, and replaying it there
@@ -374,6 +381,18 @@ class QueueWorker:
         assert task is not None
         self._inflight.add(task)
         self._unacked[message] = False
+        try:
+            await self._settle(message)
+        except asyncio.CancelledError:
+            # aiormq cancels a closed channel's consumers: their deliveries come back on their own, and
+            # one left here would keep every later `multiple` ack from covering what follows it.
+            if _channel_closed(message):
+                self._unacked.pop(message, None)
+            raise
+        finally:
+            self._inflight.discard(task)
+
+    async def _settle(self, message: AbstractIncomingMessage) -> None:
         settled = False
         try:
             settled = await self._process(message)
@@ -395,8 +414,6 @@ class QueueWorker:
             # else: stays unacked, and so does everything after it, until the channel's close
         except CHANNEL_GONE as exc:
             self._outcome_not_sent(settled, exc)
-        finally:
-            self._inflight.discard(task)
 
     async def _ack_settled(self) -> None:
         """Ack every settled delivery: the run at the head with one `multiple` ack, the rest one by one."""

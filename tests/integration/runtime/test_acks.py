@@ -97,3 +97,38 @@ async def test_a_group_settled_together_is_acked_and_nothing_open_or_requeued_is
         await worker.stop()
     assert await _left_in_queue(isolated.amqp_url) == []
     assert bodies.seen == expected
+
+
+async def test_a_delivery_its_channel_took_away_mid_processing_leaves_nothing_behind(isolated):
+    seen: Counter[str] = Counter()
+    held = asyncio.Event()
+
+    async def process(message: aio_pika.abc.AbstractIncomingMessage) -> bool:
+        body = message.body.decode()
+        seen[body] += 1
+        if body == "held" and seen[body] == 1:
+            held.set()
+            await asyncio.Event().wait()  # until the channel's close cancels it
+        return True
+
+    async with await aio_pika.connect_robust(isolated.amqp_url, timeout=10, reconnect_interval=0.2) as connection:
+        channel = await connection.channel()
+        await channel.declare_queue(QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+        worker = QueueWorker(QUEUE, 8, process, stop_timeout_s=1)
+        await worker.start(connection)
+        await _publish(channel, ["held"])
+        await asyncio.wait_for(held.wait(), timeout=10)
+        await isolated.cut_connections()
+        await eventually(lambda: _equals(seen, Counter(["held", "held"])), what="redelivered after the reconnect")
+        await _publish(channel, [f"after-{i}" for i in range(6)])
+        await eventually(lambda: _equals(seen, Counter(["held", "held", *(f"after-{i}" for i in range(6))])),
+                         what="the deliveries after the reconnect settled")
+        # Nothing of the cut-off delivery is left to stand before later acks (they would go one by one).
+        await eventually(lambda: _equals((len(worker._unacked), len(worker._inflight)), (0, 0)),
+                         what="no stale delivery left in the worker")
+        await worker.stop()
+    assert await _left_in_queue(isolated.amqp_url) == []
+
+
+async def _equals(value: object, expected: object) -> bool:
+    return value == expected
