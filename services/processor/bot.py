@@ -22,7 +22,9 @@ class IntentName(StrEnum):
     START = "start"
 
 
-TAKES_DEPARTMENT = {IntentName.JOIN_QUEUE, IntentName.SUBSCRIBE}
+NEEDS_DEPARTMENT = {IntentName.JOIN_QUEUE, IntentName.SUBSCRIBE}
+# Position and leave name one department, or mean all of the patient's: "LEAVE OPD" keeps the LAB ticket.
+TAKES_DEPARTMENT = NEEDS_DEPARTMENT | {IntentName.POSITION, IntentName.LEAVE}
 
 # language → intent → phrases, written as people type them; normalised once below.
 PHRASES: dict[str, dict[IntentName, tuple[str, ...]]] = {
@@ -73,7 +75,8 @@ _DEPARTMENT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,15}$")
 def normalise(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).translate(_ARABIC_VARIANTS)
-    return " ".join(_NOT_WORD.sub(" ", _APOSTROPHES.sub("", stripped)).split())
+    # "?" is a word of its own (alone it asks for help), so "position?" still reads as "position".
+    return " ".join(_NOT_WORD.sub(" ", _APOSTROPHES.sub("", stripped).replace("?", " ? ")).split())
 
 
 # Longest phrases first, so "ma position" wins over "position".
@@ -140,6 +143,6 @@ def reply_for(recognised: Recognised) -> str | None:
     language = recognised.language or "en"
     if recognised.intent is IntentName.HELP:
         return HELP[language]
-    if recognised.intent in TAKES_DEPARTMENT and "department" not in recognised.arguments:
+    if recognised.intent in NEEDS_DEPARTMENT and "department" not in recognised.arguments:
         return WHICH_DEPARTMENT[language]
     return None

@@ -17,6 +17,16 @@ from services.processor.bot import IntentName, recognise, reply_for
     ("מיקום", IntentName.POSITION, "he", None),
     ("QUITTER", IntentName.LEAVE, "fr", None),
     ("Leave", IntentName.LEAVE, "en", None),
+    ("LEAVE OPD", IntentName.LEAVE, "en", "OPD"),
+    ("quitter lab", IntentName.LEAVE, "fr", "LAB"),
+    ("POSITION OPD", IntentName.POSITION, "en", "OPD"),
+    ("Où en suis-je?", IntentName.POSITION, "fr", None),
+    ("Where am I?", IntentName.POSITION, "en", None),
+    ("position?", IntentName.POSITION, "en", None),
+    ("aide?", IntentName.HELP, "fr", None),
+    ("?", IntentName.HELP, "en", None),
+    ("מיקום?", IntentName.POSITION, "he", None),
+    ("دوري؟", IntentName.POSITION, "ar", None),
     ("S’ABONNER OPD", IntentName.SUBSCRIBE, "fr", "OPD"),
     ("subscribe cardio", IntentName.SUBSCRIBE, "en", "CARDIO"),
     ("اشترك OPD", IntentName.SUBSCRIBE, "ar", "OPD"),
@@ -49,3 +59,4 @@ def test_help_and_a_missing_department_have_replies_in_the_language():
     assert "REJOINDRE <service>" in reply_for(recognise("aide"))
     assert reply_for(recognise("REJOINDRE")) == "Quel service ? Par exemple : REJOINDRE OPD"
     assert reply_for(recognise("JOIN OPD")) is None
+    assert reply_for(recognise("LEAVE")) is None and reply_for(recognise("position?")) is None
