@@ -83,6 +83,13 @@ class OpeningHours(BaseModel):
     opens_at: time
     closes_at: time
 
+    @field_validator("opens_at", "closes_at")
+    @classmethod
+    def _local(cls, value: time) -> time:
+        if value.tzinfo is not None:
+            raise ValueError("a time of day without an offset: the department's timezone applies")
+        return value
+
     @field_validator("weekday", mode="before")
     @classmethod
     def _named_day(cls, value: Any) -> Any:
@@ -248,15 +255,16 @@ async def create_department(request: web.Request) -> web.Response:
     body = await _body(request, DepartmentBody)
 
     async def work(queues: Queues):
-        if await queues.department(principal.tenant_id, body.code) is not None:
-            raise QueueConflict(f"department {body.code} already exists", department=body.code)
+        # ON CONFLICT: two creates at once must give one 201 and one 409, not a 500.
         row = await queues.conn.fetchrow(
             f"INSERT INTO departments (id, tenant_id, code, name, timezone, ticket_prefix, phone_region, on_close,"
             f" almost_position, default_service_s) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-            f" RETURNING {DEPARTMENT_COLUMNS}",
+            f" ON CONFLICT (tenant_id, code) DO NOTHING RETURNING {DEPARTMENT_COLUMNS}",
             uuid.uuid4(), principal.tenant_id, body.code, body.name, body.timezone,
             (body.ticket_prefix or body.code.replace("-", "").replace("_", "")[:8]).upper(), body.phone_region,
             body.on_close, body.almost_position, body.default_service_s)
+        if row is None:
+            raise QueueConflict(f"department {body.code} already exists", department=body.code)
         dept = department_of(row)
         await queues.conn.execute(
             "INSERT INTO queue_status (department_id, is_open, since, changed_by) VALUES ($1, false, $2, $3)",

@@ -89,6 +89,8 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
             response = validation_problem(exc)
         except json.JSONDecodeError as exc:
             response = problem(400, "body is not JSON", reason=str(exc))
+        except UnicodeDecodeError as exc:
+            response = problem(400, "body is not UTF-8", reason=str(exc))
         except Invalid as exc:
             response = _invalid_problem([{"field": exc.field, "reason": exc.reason}])
         except NotFound as exc:

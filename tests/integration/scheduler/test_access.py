@@ -1,5 +1,7 @@
 """Every staff route: no key → 401, a weaker role → 403, another tenant's key → 404; bad input names the field."""
 
+import asyncio
+
 from .conftest import OPD, staff_api
 
 # (method, path, minimum role, body): {ticket} is a clinic-a ticket, OPD a clinic-a department.
@@ -70,6 +72,8 @@ INVALID = [
      "hours.0.weekday"),
     ("PUT", "/v1/departments/OPD/schedule", {"hours": [{"weekday": 1, "opens_at": "18:00", "closes_at": "08:00"}]},
      "hours.0"),
+    ("PUT", "/v1/departments/OPD/schedule", {"hours": [{"weekday": 1, "opens_at": "08:00+01:00",
+                                                        "closes_at": "12:00"}]}, "hours.0.opens_at"),
     ("PUT", "/v1/departments/OPD/schedule", {"hours": [{"weekday": 1, "opens_at": "8 o'clock",
                                                         "closes_at": "12:00"}]}, "hours.0.opens_at"),
     ("POST", "/v1/departments/OPD/overrides", {"is_open": True, "ends_at": "2099-01-01T00:00:00", "reason": "x"},
@@ -96,8 +100,18 @@ async def test_invalid_input_is_a_4xx_naming_the_field_and_changes_nothing(isola
         async with admin.http.post(admin.url + "/v1/departments", data=b"{oops",
                                    headers={"Authorization": f"Bearer {admin.key}"}) as r:
             assert r.status == 400
+        async with admin.http.post(admin.url + "/v1/departments", data='{"name": "Clinique fermée"}'.encode("latin-1"),
+                                   headers={"Authorization": f"Bearer {admin.key}",
+                                            "Content-Type": "application/json"}) as r:
+            assert r.status == 400 and (await r.json())["error"] == "body is not UTF-8"
         _, status = await admin.call("GET", "/v1/departments/OPD/status")
         _, schedule = await admin.call("GET", "/v1/departments/OPD/schedule")
         _, tickets = await admin.call("GET", "/v1/departments/OPD/tickets")
         assert not status["is_open"] and schedule["hours"] == [] and schedule["overrides"] == []
         assert tickets["items"] == []
+
+
+async def test_one_department_created_at_once_from_several_requests_is_one_201_and_409s(isolated):
+    async with staff_api(isolated) as (admin, _, _):
+        created = await asyncio.gather(*(admin.call("POST", "/v1/departments", OPD) for _ in range(4)))
+        assert sorted(status for status, _ in created) == [201, 409, 409, 409], created
