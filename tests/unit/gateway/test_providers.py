@@ -137,3 +137,37 @@ def test_wrong_shape_names_the_field(provider, body, field):
     with pytest.raises(BadShape) as info:
         PARSERS[provider](body, tenant, NOW)
     assert info.value.field == field
+
+
+def _meta_message(**fields):
+    message = {"from": "212693955230", "id": "wamid.1", "timestamp": "1", "type": "text", "text": {"body": "hi"},
+               **fields}
+    return {"object": "whatsapp_business_account",
+            "entry": [{"id": "x", "changes": [{"field": "messages", "value": {"messages": [message]}}]}]}
+
+
+_EVOLUTION_KEY = {"remoteJid": "212693955230@s.whatsapp.net", "id": "A"}
+
+
+@pytest.mark.parametrize("provider, payload", [
+    (Provider.META, _meta_message(timestamp="soon")),
+    (Provider.META, _meta_message(type="location", location={"name": "x"})),
+    (Provider.META, _meta_message(type="image", image="abc")),
+    (Provider.WAHA, {"event": "message", "session": "s", "timestamp": 10**20,
+                     "payload": {"id": "x", "from": "212693955230@c.us"}}),
+    (Provider.WAHA, {"event": "message", "session": "s",
+                     "payload": {"id": "x", "from": "72318944542853@lid", "_data": {"key": "k"}}}),
+    (Provider.EVOLUTION, {"event": "messages.upsert", "instance": "i",
+                          "data": {"key": _EVOLUTION_KEY, "message": {"protocolMessage": "x"}}}),
+    (Provider.EVOLUTION, {"event": "messages.upsert", "instance": "i",
+                          "data": {"key": _EVOLUTION_KEY, "message": {"reactionMessage": None}}}),
+    (Provider.EVOLUTION, {"event": "messages.upsert", "instance": "i",
+                          "data": {"key": _EVOLUTION_KEY, "messageTimestamp": "x"}}),
+], ids=["meta-timestamp", "meta-location", "meta-image", "waha-timestamp", "waha-lid-key", "evolution-protocol",
+        "evolution-reaction", "evolution-timestamp"])
+def test_a_value_of_the_wrong_type_or_range_is_a_bad_shape_not_a_crash(provider, payload):
+    tenant = Tenant("clinic-a", provider, "default", None, None, "MA", "fr")
+    try:
+        PARSERS[provider](payload, tenant, NOW)
+    except BadShape as exc:
+        assert exc.field and exc.reason
