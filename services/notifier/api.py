@@ -354,10 +354,23 @@ async def list_notifications(request: web.Request) -> web.Response:
     query = NotificationQuery.model_validate(dict(request.query))
     async with request.app[POOL].acquire() as conn:
         rows = await conn.fetch(
-            "SELECT id, kind, phone, text, status, reason, attempts, provider_message_id, broadcast_id, created_at,"
-            " sent_at, failed_at FROM notifications WHERE tenant_id = $1 AND status = $2"
+            "SELECT id, kind, phone, text, status, reason, maybe_sent, attempts, provider_message_id, broadcast_id,"
+            " created_at, sent_at, failed_at FROM notifications WHERE tenant_id = $1 AND status = $2"
             " ORDER BY created_at DESC LIMIT $3", principal.tenant_id, query.status, query.limit)
     return web.json_response({"items": [json_row(r) for r in rows]})
+
+
+# Never a broadcast message to a number that opted out since (STOP). A send that may have gone out
+# (`maybe_sent`) is retried only when asked for by its id: "retry all" would send it twice.
+_RETRY = """
+UPDATE notifications n SET status = 'queued', attempts = 0, next_attempt_at = $3, failed_at = NULL,
+    maybe_sent = false
+WHERE tenant_id = $1 AND status = 'failed' AND phone NOT LIKE 'invalid:%'
+  AND ($2::uuid IS NULL OR id = $2) AND ($2::uuid IS NOT NULL OR NOT maybe_sent)
+  AND NOT (broadcast_id IS NOT NULL AND EXISTS (SELECT FROM opt_outs o WHERE o.tenant_id = n.tenant_id
+                                                                        AND o.phone = n.phone))
+RETURNING id, broadcast_id
+"""
 
 
 async def retry_notifications(request: web.Request) -> web.Response:
@@ -367,11 +380,13 @@ async def retry_notifications(request: web.Request) -> web.Response:
     notification_id = uuid_or_404(one, "notification") if one else None
     now = datetime.now(UTC)
     async with db.transaction(request.app[POOL]) as conn:
-        rows = await conn.fetch(
-            "UPDATE notifications SET status = 'queued', attempts = 0, next_attempt_at = $3, failed_at = NULL"
-            " WHERE tenant_id = $1 AND status = 'failed' AND ($2::uuid IS NULL OR id = $2)"
-            " AND phone NOT LIKE 'invalid:%' RETURNING id, broadcast_id", principal.tenant_id, notification_id, now)
+        rows = await conn.fetch(_RETRY, principal.tenant_id, notification_id, now)
         if one and not rows:
+            if await conn.fetchval(
+                    "SELECT EXISTS (SELECT FROM notifications n JOIN opt_outs o USING (tenant_id, phone)"
+                    " WHERE n.tenant_id = $1 AND n.id = $2 AND n.status = 'failed' AND n.broadcast_id IS NOT NULL)",
+                    principal.tenant_id, notification_id):
+                raise Conflict("the number has opted out of broadcasts (STOP): its broadcast is not sent again")
             raise NotFound("no such failed notification")
         for broadcast_id in {r["broadcast_id"] for r in rows if r["broadcast_id"]}:
             await outbox.add(conn, await broadcast_progress(conn, broadcast_id, now))

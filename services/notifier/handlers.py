@@ -14,6 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
+from shared.events import outbox
 from shared.events.catalog import (
     INTENT_HEADER,
     REPLY_HEADER,
@@ -37,7 +38,7 @@ from shared.events.errors import PermanentFailure
 from shared.phones import InvalidPhone, parse_jid, phone_of, to_e164
 
 from . import audiences, receipts, templates
-from .sending import WAKE_SENDER
+from .sending import OPTED_OUT, WAKE_SENDER, broadcast_progress
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,7 @@ async def reply_to_patient(envelope: Envelope[MessageProcessed], conn: asyncpg.C
         if intent == "stop":
             await conn.execute("INSERT INTO opt_outs (tenant_id, phone, at) VALUES ($1, $2, $3)"
                                " ON CONFLICT DO NOTHING", envelope.tenant_id, m.sender, envelope.occurred_at)
+            await _stop_queued_broadcasts(conn, envelope.tenant_id, m.sender, envelope.occurred_at)
         else:
             await conn.execute("DELETE FROM opt_outs WHERE tenant_id = $1 AND phone = $2", envelope.tenant_id,
                                m.sender)
@@ -221,12 +223,31 @@ async def reply_to_patient(envelope: Envelope[MessageProcessed], conn: asyncpg.C
     return []
 
 
+async def _stop_queued_broadcasts(conn: asyncpg.Connection, tenant_id: str, phone: str, at: datetime) -> None:
+    """Broadcast messages still queued for this number are not sent; replies and queue notices are not
+    broadcasts, and go on. One in flight completes; the sender skips any queued concurrently with this."""
+    stopped = await conn.fetch(
+        "UPDATE notifications SET status = 'cancelled', reason = $3 WHERE tenant_id = $1 AND phone = $2"
+        " AND broadcast_id IS NOT NULL AND status = 'queued' RETURNING broadcast_id", tenant_id, phone, OPTED_OUT)
+    events = []
+    for broadcast_id in {r["broadcast_id"] for r in stopped}:
+        events += await broadcast_progress(conn, broadcast_id, at)
+    await outbox.add(conn, events)
+
+
 async def apply_ack(envelope: Envelope[WhatsAppMessageAck], conn: asyncpg.Connection) -> list[Event]:
     return await receipts.apply(conn, envelope.data.provider_message_id, envelope.data.status, envelope.data.at)
 
 
 async def note_session_status(envelope: Envelope[WhatsAppSessionStatusChanged], conn: asyncpg.Connection) -> list:
     s = envelope.data
+    # A tenant speaks only for its own session: another's webhook must not hold (or free) it.
+    if not await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM senders WHERE tenant_id = $1 AND session = $2 AND provider = $3)",
+            envelope.tenant_id, s.session, s.provider.value):
+        log.warning("session status ignored: not the tenant's session",
+                    extra={"session": s.session, "provider": s.provider.value, "status": s.status.value})
+        return []
     await conn.execute(
         "INSERT INTO sessions (session, status, connected, can_send, source, changed_at, checked_at)"
         " VALUES ($1, $2, $3, $3, 'event', $4, $4) ON CONFLICT (session) DO UPDATE SET status = EXCLUDED.status,"

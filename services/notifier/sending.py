@@ -57,14 +57,26 @@ SELECT session FROM ({_QUEUED_SESSIONS}) due
 WHERE NOT EXISTS (SELECT FROM sessions s WHERE s.session = due.session AND NOT s.can_send)
 """
 
+# `opted_out`: a broadcast row whose number wrote STOP after it was queued (the STOP and the broadcast
+# committed concurrently); claimed so that it is settled as cancelled, never sent.
 _CLAIM = """
-UPDATE notifications SET status = 'sending', sending_since = $3, attempts = attempts + 1
+UPDATE notifications n SET status = 'sending', sending_since = $3, attempts = attempts + 1
 WHERE id IN (
     SELECT id FROM notifications WHERE status = 'queued' AND session = $1 AND next_attempt_at <= $3
     ORDER BY next_attempt_at, created_at LIMIT $2 FOR UPDATE SKIP LOCKED
 )
-RETURNING id, tenant_id, session, phone, text, attempts, sending_since, broadcast_id
+RETURNING id, tenant_id, session, phone, text, attempts, sending_since, broadcast_id,
+    broadcast_id IS NOT NULL AND EXISTS (SELECT FROM opt_outs o WHERE o.tenant_id = n.tenant_id AND o.phone = n.phone)
+    AS opted_out
 """
+
+OPTED_OUT = "the number opted out of broadcasts (STOP)"
+# Why an unanswered send was not resent; such rows are left out of "retry all failed" (`maybe_sent`).
+NOT_SENT_AGAIN = ("the send was not answered and this provider cannot be asked whether it went out:"
+                  " not sent again, to never send twice")
+
+# The database is away: the sender resigns and tries to lead again, rather than logging a bug.
+_OUTAGES = (db.DatabaseUnavailable, *db.CONNECTION_ERRORS, asyncpg.InterfaceError, OSError, TimeoutError)
 
 # What trips the circuit breaker: the provider not answering, or answering that it is failing.
 _PROVIDER_FAILING = frozenset({FailureKind.UNREACHABLE, FailureKind.OUTCOME_UNKNOWN, FailureKind.PROVIDER_ERROR})
@@ -203,14 +215,9 @@ class Sender:
                 if not self.is_active:
                     await self._try_lead()
                 if self.is_active:
-                    if time.monotonic() - self._last_housekeeping >= self.settings.idle_poll_s:
-                        await self._lock_conn.fetchval("SELECT 1")  # still leading: the lock lives with it
-                        await self._poll_sessions()
-                        await self._reconcile_unknown()
-                        self._last_housekeeping = time.monotonic()
+                    await self._housekeeping()
                     delay = await self._dispatch()
-            except (db.DatabaseUnavailable, *db.CONNECTION_ERRORS, asyncpg.InterfaceError, OSError,
-                    TimeoutError) as exc:
+            except _OUTAGES as exc:
                 log.warning("sender paused: database unavailable", extra={"error": str(exc)})
                 await self._resign()
             except Exception:  # noqa: BLE001 - the sender must outlive any one bad pass
@@ -220,6 +227,21 @@ class Sender:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.settings.send_timeout_s + 5)
         await self._resign()
+
+    async def _housekeeping(self) -> None:
+        """Session polls and unknown outcomes, every idle_poll_s. A bug in them is logged, and
+        sending goes on: queued messages must never wait on a send that cannot be settled."""
+        if time.monotonic() - self._last_housekeeping < self.settings.idle_poll_s:
+            return
+        self._last_housekeeping = time.monotonic()
+        await self._lock_conn.fetchval("SELECT 1")  # still leading: the lock lives with it
+        try:
+            await self._poll_sessions()
+            await self._reconcile_unknown()
+        except _OUTAGES:
+            raise
+        except Exception:  # noqa: BLE001 - see the docstring
+            log.exception("sender housekeeping failed")
 
     async def _try_lead(self) -> None:
         conn = await db.lock_holder(self._dsn, "notifier", "notifier-sender", timeout=self._connect_timeout_s)
@@ -253,15 +275,28 @@ class Sender:
                     next_look = min(next_look, max(0.01, gate.next_token_in()), 0.05)
                     continue
                 # One statement, committed before it answers: every row is `sending` before it is sent.
-                rows = await conn.fetch(_CLAIM, session, min(room, self.settings.claim_batch), now_dt)
+                claimed = await conn.fetch(_CLAIM, session, min(room, self.settings.claim_batch), now_dt)
+                rows = [row for row in claimed if not row["opted_out"]]
+                if len(rows) < len(claimed):
+                    await self._skip_opted_out([row for row in claimed if row["opted_out"]], now_dt)
                 gate.took(len(rows))
                 for row in rows:
                     task = asyncio.create_task(self._send(row, gate))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
-                if len(rows) == room:
+                if len(claimed) == room:
                     next_look = min(next_look, gate.next_token_in() or 0.0)
         return next_look
+
+    async def _skip_opted_out(self, rows: list[asyncpg.Record], now: datetime) -> None:
+        async with db.transaction(self._pool) as conn:
+            await conn.execute("UPDATE notifications SET status = 'cancelled', reason = $2"
+                               " WHERE id = ANY($1::uuid[]) AND status = 'sending'", [r["id"] for r in rows], OPTED_OUT)
+            events = []
+            for broadcast_id in {row["broadcast_id"] for row in rows}:
+                events += await broadcast_progress(conn, broadcast_id, now)
+            await outbox.add(conn, events)
+        log.info("broadcast messages to opted-out numbers cancelled", extra={"count": len(rows)})
 
     async def _send(self, row: asyncpg.Record, gate: SessionGate) -> None:
         with log_context(notification_id=row["id"], tenant_id=row["tenant_id"]):
@@ -387,37 +422,57 @@ class Sender:
         for row in rows:
             with log_context(notification_id=row["id"], tenant_id=row["tenant_id"]):
                 try:
-                    found = await asyncio.wait_for(self.provider.find_sent(
-                        row["session"], row["phone"], row["text"], row["sending_since"] - timedelta(seconds=5)),
-                        timeout=self.settings.send_timeout_s)
+                    await self._reconcile(row, now)
                 except (SendFailed, TimeoutError) as exc:
                     log.warning("reconciliation postponed", extra={"error": str(exc)})
-                    continue
-                async with db.transaction(self._pool) as conn:
-                    if await conn.fetchval("SELECT status FROM notifications WHERE id = $1 FOR UPDATE",
-                                           row["id"]) not in ("unknown", "sending"):
-                        continue
-                    if found:
-                        events = await self._mark_all_sent(conn, [(row, found)], now)
-                        resolution = "found_sent"
-                    elif self.provider.can_look_up:
-                        await conn.execute(
-                            "UPDATE notifications SET status = 'queued', next_attempt_at = $2, reason ="
-                            " 'not found at the provider after an unanswered send: sent again' WHERE id = $1",
-                            row["id"], now)
-                        events, resolution = [], "resent"
-                    else:
-                        reason = ("the send was not answered and this provider cannot be asked whether it went"
-                                  " out: not sent again, to never send twice")
-                        await conn.execute("UPDATE notifications SET status = 'failed', reason = $2, failed_at = $3"
-                                           " WHERE id = $1", row["id"], reason, now)
-                        events = receipts.as_envelopes(row, receipts.status_changed(row, "failed", reason=reason))
-                        resolution = "given_up"
-                    if row["broadcast_id"] is not None:
-                        events += await broadcast_progress(conn, row["broadcast_id"], now)
-                    await outbox.add(conn, events)
-                self._metrics.unknown.labels(resolution).inc()
-                log.info("unknown outcome settled", extra={"resolution": resolution})
+                except _OUTAGES:
+                    raise
+                except Exception:  # noqa: BLE001 - one row that cannot be settled must not hold the others
+                    log.exception("reconciliation failed; tried again on the next pass")
+
+    async def _reconcile(self, row: asyncpg.Record, now: datetime) -> None:
+        found = await self._find_sent(row)
+        async with db.transaction(self._pool) as conn:
+            if await conn.fetchval("SELECT status FROM notifications WHERE id = $1 FOR UPDATE",
+                                   row["id"]) not in ("unknown", "sending"):
+                return
+            if found:
+                events = await self._mark_all_sent(conn, [(row, found)], now)
+                resolution = "found_sent"
+            elif self.provider.can_look_up:
+                await conn.execute(
+                    "UPDATE notifications SET status = 'queued', next_attempt_at = $2, reason ="
+                    " 'not found at the provider after an unanswered send: sent again' WHERE id = $1",
+                    row["id"], now)
+                events, resolution = [], "resent"
+            else:
+                await conn.execute("UPDATE notifications SET status = 'failed', reason = $2, failed_at = $3,"
+                                   " maybe_sent = true WHERE id = $1", row["id"], NOT_SENT_AGAIN, now)
+                events = receipts.as_envelopes(row, receipts.status_changed(row, "failed", reason=NOT_SENT_AGAIN))
+                resolution = "given_up"
+            if row["broadcast_id"] is not None:
+                events += await broadcast_progress(conn, row["broadcast_id"], now)
+            await outbox.add(conn, events)
+        self._metrics.unknown.labels(resolution).inc()
+        log.info("unknown outcome settled", extra={"resolution": resolution})
+
+    async def _find_sent(self, row: asyncpg.Record) -> str | None:
+        """The provider's id for this row's message, never one that another row already holds: the
+        same text sent twice to one number (HELP twice) matches both, and the older's id is taken."""
+        taken: set[str] = set()
+        while True:
+            found = await asyncio.wait_for(self.provider.find_sent(
+                row["session"], row["phone"], row["text"], row["sending_since"] - timedelta(seconds=5),
+                taken=frozenset(taken)), timeout=self.settings.send_timeout_s)
+            if found is None:
+                return None
+            if found in taken:  # an adapter that ignores `taken` would have us ask forever
+                raise SendFailed(FailureKind.PROVIDER_ERROR, "the lookup answered an id already held")
+            async with self._pool.acquire() as conn:
+                holder = await conn.fetchval("SELECT id FROM notifications WHERE provider_message_id = $1", found)
+            if holder is None or holder == row["id"]:
+                return found
+            taken.add(found)
 
     async def _poll_sessions(self) -> None:
         if time.monotonic() - self._last_poll < self.settings.session_poll_s:

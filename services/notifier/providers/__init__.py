@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -94,7 +95,11 @@ class SendingProvider(Protocol):
 
     async def session_state(self, session: str) -> SessionState: ...
 
-    async def find_sent(self, session: str, phone_e164: str, text: str, since: datetime) -> str | None: ...
+    async def find_sent(self, session: str, phone_e164: str, text: str, since: datetime, *,
+                        taken: Collection[str] = ()) -> str | None:
+        """Our message with this text to this number since `since`, the earliest whose id is not in
+        `taken` (ids other notifications already hold: two identical texts both match)."""
+        ...
 
 
 def build_provider(name: str | Provider, *, http: aiohttp.ClientSession | None = None, base_url: str | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -70,7 +71,8 @@ class EvolutionProvider:
             raise unexpected_answer(answer, "instance.state", writes=False)
         return session_state_of(state)
 
-    async def find_sent(self, session: str, phone_e164: str, text: str, since: datetime) -> str | None:
+    async def find_sent(self, session: str, phone_e164: str, text: str, since: datetime, *,
+                        taken: Collection[str] = ()) -> str | None:
         # PROVIDERS.md documents no message search for Evolution: reconciliation waits for its acks.
         return None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -50,9 +50,10 @@ class LogProvider:
     async def session_state(self, session: str) -> SessionState:
         return SessionState(status=SessionStatus.WORKING, connected=True, can_send=True, provider_status="log")
 
-    async def find_sent(self, session: str, phone_e164: str, text: str, since: datetime) -> str | None:
+    async def find_sent(self, session: str, phone_e164: str, text: str, since: datetime, *,
+                        taken: Collection[str] = ()) -> str | None:
         for message in self.sent:
             if (message.session, message.phone_e164, message.text) == (session, phone_e164, text) and \
-                    message.at >= since:
+                    message.at >= since and message.provider_message_id not in taken:
                 return message.provider_message_id
         return None

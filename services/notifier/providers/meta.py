@@ -8,6 +8,7 @@ settled by the `statuses` webhooks only.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -80,7 +81,8 @@ class MetaProvider:
     async def session_state(self, session: str) -> SessionState:
         return SessionState(status=SessionStatus.WORKING, connected=True, can_send=True, provider_status="cloud-api")
 
-    async def find_sent(self, session: str, phone_e164: str, text: str, since: datetime) -> str | None:
+    async def find_sent(self, session: str, phone_e164: str, text: str, since: datetime, *,
+                        taken: Collection[str] = ()) -> str | None:
         return None
 
 

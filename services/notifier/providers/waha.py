@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -75,15 +76,16 @@ class WahaProvider:
             raise unexpected_answer(answer, "a session status", writes=False)
         return session_state_of(status)
 
-    async def find_sent(self, session: str, phone_e164: str, text: str, since: datetime) -> str | None:
-        """The id of our message with this text in the chat since `since`, if WAHA has it."""
+    async def find_sent(self, session: str, phone_e164: str, text: str, since: datetime, *,
+                        taken: Collection[str] = ()) -> str | None:
+        """The id of our message with this text in the chat since `since`, if WAHA has one not `taken`."""
         chat = chat_of_phone(recipient_digits(phone_e164))
         url = f"{self._base}/api/{quote(session, safe='')}/chats/{quote(chat, safe='@')}/messages"
         answer = await call(self._http, "GET", url, headers=self._headers, timeout=self._timeout, writes=False,
                             params={"limit": str(RECENT_MESSAGES), "downloadMedia": "false"})
         if not answer.ok:
             raise failure(answer)
-        return matching_sent(answer.body, text, since)
+        return matching_sent(answer.body, text, since, taken)
 
 
 def session_state_of(status: str) -> SessionState:
@@ -121,8 +123,8 @@ def sent_of(body: Any, chat: str) -> Sent | None:
     return Sent(provider_message_id=bare, chat_id=str(parse_jid(chat_in_id or chat)))
 
 
-def matching_sent(messages: Any, text: str, since: datetime) -> str | None:
-    """The earliest message of ours with exactly this text, sent at or after `since`."""
+def matching_sent(messages: Any, text: str, since: datetime, taken: Collection[str] = ()) -> str | None:
+    """The earliest message of ours with exactly this text, sent at or after `since`, whose id is not `taken`."""
     # WAHA timestamps are whole seconds: a message sent just after `since` can carry the second before.
     earliest = int(since.timestamp())
     found: list[tuple[float, str]] = []
@@ -133,7 +135,9 @@ def matching_sent(messages: Any, text: str, since: datetime) -> str | None:
         serialized = serialized_id_of(message)
         if not isinstance(timestamp, int | float) or timestamp < earliest or serialized is None:
             continue
-        found.append((timestamp, split_id(serialized)[1]))
+        bare = split_id(serialized)[1]
+        if bare not in taken:
+            found.append((timestamp, bare))
     return min(found)[1] if found else None
 
 

@@ -5,7 +5,18 @@ import json
 import uuid
 from datetime import UTC, datetime
 
-from shared.events.catalog import OpeningSubscribed, Patient, QueueOpened, TicketEnded, TicketIssued, TurnReached
+from shared.events.catalog import (
+    Intent,
+    MessageProcessed,
+    OpeningSubscribed,
+    Patient,
+    Provider,
+    QueueOpened,
+    TicketEnded,
+    TicketIssued,
+    TurnReached,
+    WhatsAppMessage,
+)
 from shared.events.envelope import Envelope
 from tests.integration.runtime.conftest import publisher
 from tests.support import Listener, eventually
@@ -231,3 +242,71 @@ async def test_cancelling_a_broadcast_stops_what_is_still_queued(isolated):
         assert status == 200 and again["status"] == "cancelled"
         status, _ = await n.call("POST", f"/v1/broadcasts/{uuid.uuid4()}/cancel")
         assert status == 404
+
+
+def _stop(digits: str) -> Envelope:
+    """A STOP as the processor publishes it, with the reply confirming it."""
+    message = WhatsAppMessage(provider=Provider.WAHA, provider_message_id=f"IN-{uuid.uuid4()}",
+                              chat_id=f"{digits}@c.us", sender=f"+{digits}", text="STOP", sent_at=datetime.now(UTC))
+    return Envelope.new(MessageProcessed(message=message, conversation_id="c", processing_ms=1,
+                                         intent=Intent(name="stop"), reply_text="Vous ne recevrez plus nos messages."),
+                        tenant_id=TENANT)
+
+
+async def _row(n, broadcast_id: str, phone: str):
+    (row,) = await n.rows("SELECT id, status, reason FROM notifications WHERE broadcast_id = $1 AND phone = $2",
+                          uuid.UUID(broadcast_id), phone)
+    return row
+
+
+async def _row_is(n, broadcast_id: str, phone: str, status: str):
+    row = await _row(n, broadcast_id, phone)
+    return row if row["status"] == status else None
+
+
+async def test_stop_cancels_the_numbers_queued_broadcast_messages_and_retries_leave_it_out(isolated):
+    # One send every two seconds: the broadcast is still queued when the STOP arrives.
+    async with notifier_with_fake(isolated, rate_per_s=0.5, rate_burst=1, max_in_flight_per_session=1) as n, \
+            publisher(isolated.amqp_url) as pub:
+        n.fake.reject("212693955504")
+        recipients = [f"+21269395550{i}" for i in range(1, 5)]
+        status, answer = await n.call("POST", "/v1/broadcasts", {"message": "Rappel", "recipients": recipients})
+        assert status == 202
+        broadcast_id = answer["broadcast_id"]
+        await n.fake.next_sent()
+        stopping = next(p for p in recipients[:3] if p[1:] not in {s.to for s in n.fake.sent})
+        await pub.publish(_stop(stopping[1:]))
+        cancelled = await eventually(lambda: _row_is(n, broadcast_id, stopping, "cancelled"), what="cancelled")
+        assert "STOP" in cancelled["reason"]
+        done = await eventually(lambda: _finished(n, broadcast_id), timeout=20, what="finished")
+        assert (done["status"], done["sent_count"], done["failed_count"], done["counts"]["cancelled"]) == (
+            "partial", 2, 1, 1)
+        assert stopping[1:] not in [s.to for s in n.fake.sent if s.text == "Rappel"]
+        # The reply confirming the STOP is not a broadcast: it goes out.
+        await eventually(lambda: _sent_to(n, stopping[1:], "Vous ne recevrez plus"), timeout=20, what="reply")
+
+        # A failed broadcast message to a number that opted out since is never sent again.
+        n.fake.behaviour.rejected.clear()
+        await pub.publish(_stop("212693955504"))
+        await eventually(lambda: _sent_to(n, "212693955504", "Vous ne recevrez plus"), timeout=20, what="reply")
+        status, retried = await n.call("POST", "/v1/notifications/retry")
+        assert status == 200 and retried["retried"] == 0
+        failed = await _row(n, broadcast_id, "+212693955504")
+        status, refused = await n.call("POST", f"/v1/notifications/{failed['id']}/retry")
+        assert status == 409 and "STOP" in refused["reason"]
+        assert (await _row(n, broadcast_id, "+212693955504"))["status"] == "failed"
+
+
+async def test_a_broadcast_queued_as_the_number_opted_out_is_not_sent_to_it(isolated):
+    async with notifier_with_fake(isolated, rate_per_s=0.5, rate_burst=1, max_in_flight_per_session=1) as n:
+        recipients = [f"+21269395551{i}" for i in range(1, 4)]
+        status, answer = await n.call("POST", "/v1/broadcasts", {"message": "Rappel", "recipients": recipients})
+        assert status == 202
+        await n.fake.next_sent()
+        stopping = next(p for p in recipients if p[1:] not in {s.to for s in n.fake.sent})
+        # The STOP committed while the broadcast was being queued: its rows are queued all the same.
+        await n.rows("INSERT INTO opt_outs (tenant_id, phone, at) VALUES ($1, $2, now())", TENANT, stopping)
+        done = await eventually(lambda: _finished(n, answer["broadcast_id"]), timeout=20, what="finished")
+        assert done["status"] == "completed" and done["sent_count"] == 2 and done["counts"]["cancelled"] == 1
+        assert stopping[1:] not in [s.to for s in n.fake.sent]
+        assert "STOP" in (await _row(n, answer["broadcast_id"], stopping))["reason"]

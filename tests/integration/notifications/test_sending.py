@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from services.notifier.sending import _DUE_SESSIONS, _QUEUED_SESSIONS
-from shared.events.catalog import Patient, TurnReached
+from shared.events.catalog import Patient, Provider, SessionStatus, TurnReached, WhatsAppSessionStatusChanged
 from shared.events.envelope import Envelope
+from tests.integration.inbound.conftest import TENANTS
 from tests.integration.runtime.conftest import publisher
 from tests.support import eventually
 
@@ -175,3 +176,82 @@ async def test_the_sender_finds_each_session_with_due_messages_and_skips_held_on
         await conn.close()
     assert due_now == ["a", "e"]
     assert queued == ["a", "b", "c", "e"]
+
+
+async def test_an_unanswered_send_never_takes_the_id_of_an_identical_earlier_message(isolated):
+    async with notifier_with_fake(isolated) as n, publisher(isolated.amqp_url) as pub:
+        # The same text twice to one number (a patient sends HELP twice), a second apart.
+        first, second = turn(), turn()
+        await pub.publish(first)
+        await eventually(lambda: _in(n, str(first.id), ("sent", "delivered")), what="first sent")
+        await asyncio.sleep(1.0)
+        n.fake.hang_next(1, hang_s=5)  # the second goes out, and its answer never comes
+        await pub.publish(second)
+        # Both are in the chat: the second must get its own id, not the first's (the unique index).
+        await eventually(lambda: _in(n, str(second.id), ("sent", "delivered")), timeout=20, what="reconciled")
+        # And sending goes on for everyone.
+        third = turn("212693955231")
+        await pub.publish(third)
+        await eventually(lambda: _in(n, str(third.id), ("sent", "delivered")), what="third sent")
+        await asyncio.sleep(0.5)
+        assert len(n.fake.sent) == 3
+        ids = {r["cause"]: r["provider_message_id"] for r in await n.rows(
+            "SELECT cause, provider_message_id FROM notifications")}
+        assert [ids[str(first.id)], ids[str(second.id)]] == [s.provider_message_id for s in n.fake.sent[:2]]
+
+
+async def test_a_send_that_may_have_gone_out_is_left_out_of_retry_all_and_retried_only_by_its_id(isolated):
+    async with notifier_with_fake(isolated, provider="evolution") as n, publisher(isolated.amqp_url) as pub:
+        n.fake.behaviour.acks = ()  # no receipt will say it arrived
+        n.fake.hang_next(1, hang_s=5)  # Evolution cannot be asked whether it went out
+        doubtful, rejected = turn("212693955241"), turn("212693955242")
+        n.fake.reject("212693955242")
+        await pub.publish(doubtful)
+        await pub.publish(rejected)
+        await eventually(lambda: _is(n, str(doubtful.id), "failed"), timeout=20, what="given up")
+        await eventually(lambda: _is(n, str(rejected.id), "failed"), what="rejected")
+        n.fake.behaviour.rejected.clear()
+        n.fake.clear_sent()
+
+        status, retried = await n.call("POST", "/v1/notifications/retry")
+        assert status == 200 and retried["retried"] == 1
+        status, listed = await n.call("GET", "/v1/notifications", role="viewer", status="failed")
+        assert [(i["phone"], i["maybe_sent"]) for i in listed["items"]] == [("+212693955241", True)]
+        await eventually(lambda: _is(n, str(rejected.id), "sent"), what="the rejected one sent")
+        await asyncio.sleep(1.0)
+        assert [s.to for s in n.fake.sent] == ["212693955242"]
+        assert await _status(n, str(doubtful.id)) == "failed"
+
+        # Staff who checked with the patient may send that one again, by its id.
+        (row,) = await n.rows("SELECT id FROM notifications WHERE cause = $1", str(doubtful.id))
+        status, retried = await n.call("POST", f"/v1/notifications/{row['id']}/retry")
+        assert status == 200 and retried["retried"] == 1
+        await eventually(lambda: _is(n, str(doubtful.id), "sent"), what="sent again on request")
+        assert [s.to for s in n.fake.sent] == ["212693955242", "212693955241"]
+
+
+def _session_status(tenant: str, status: SessionStatus, at: datetime, session: str = "default",
+                    provider: Provider = Provider.WAHA) -> Envelope:
+    return Envelope.new(WhatsAppSessionStatusChanged(provider=provider, session=session, status=status,
+                                                     connected=status is SessionStatus.WORKING, at=at),
+                        tenant_id=tenant)
+
+
+async def test_a_tenant_changes_only_its_own_sessions_status(isolated):
+    # Not polled (nothing is queued): what the notifier knows of the session comes from the events alone.
+    async with notifier_with_fake(isolated, session_poll_s=3600) as n, publisher(isolated.amqp_url) as pub:
+        now = datetime.now(UTC)
+        # Signed webhooks of other tenants naming clinic-waha's WAHA session: one whose session is another,
+        # one whose Evolution instance has the same name (not a WAHA session), one without a sender.
+        for tenant, provider in ((TENANTS[Provider.META], Provider.WAHA),
+                                 (TENANTS[Provider.EVOLUTION], Provider.WAHA), ("clinic-nobody", Provider.WAHA)):
+            await pub.publish(_session_status(tenant, SessionStatus.STOPPED, now + timedelta(seconds=2),
+                                              provider=provider))
+        # Then clinic-waha's own, older than those: had they counted, it would be dropped as stale.
+        await pub.publish(_session_status(TENANT, SessionStatus.WORKING, now + timedelta(seconds=1)))
+        await eventually(lambda: _session(n, True), what="own event applied")
+        (row,) = await n.rows("SELECT can_send, status, changed_at FROM sessions WHERE session = 'default'")
+        assert row["can_send"] and row["status"] == "working" and row["changed_at"] == now + timedelta(seconds=1)
+        # Its own webhook still holds it.
+        await pub.publish(_session_status(TENANT, SessionStatus.STOPPED, now + timedelta(seconds=3)))
+        await eventually(lambda: _session(n, False), what="held by its own tenant")

@@ -188,6 +188,14 @@ def test_waha_find_sent_matches_our_message_with_that_text_since_the_attempt():
     assert waha.matching_sent({"error": "odd"}, "Your turn: A12", since) is None
 
 
+def test_waha_find_sent_never_answers_an_id_another_notification_holds():
+    # The same text twice, a second apart: the earlier one is another row's message.
+    messages = [wa_message("SECOND", "HELP reply", NOW + timedelta(seconds=1)), wa_message("FIRST", "HELP reply", NOW)]
+    assert waha.matching_sent(messages, "HELP reply", NOW - timedelta(seconds=5)) == "FIRST"
+    assert waha.matching_sent(messages, "HELP reply", NOW - timedelta(seconds=5), {"FIRST"}) == "SECOND"
+    assert waha.matching_sent(messages, "HELP reply", NOW - timedelta(seconds=5), {"FIRST", "SECOND"}) is None
+
+
 # --- Evolution --------------------------------------------------------------------------------
 
 
