@@ -136,6 +136,55 @@ def _not_connected(session: str, why: str) -> web.Response:
     return response
 
 
+# The row bears the start of the request now answering for the key: the first one, or the retry
+# that took over a key its first request left pending (killed, or cut from the database before it
+# could let go of it). Only the holder of that start may keep an answer or let go of the key.
+_TAKE_KEY = """
+INSERT INTO idempotency_keys (tenant_id, key, request_hash, created_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING RETURNING true
+"""
+# One retry wins: the others wait on the row and then see the new start, or the answer.
+_TAKE_OVER_KEY = """
+UPDATE idempotency_keys SET created_at = $4
+WHERE tenant_id = $1 AND key = $2 AND request_hash = $3 AND status_code IS NULL AND created_at < $5
+RETURNING true
+"""
+_EARLIER = "SELECT request_hash, status_code, response FROM idempotency_keys WHERE tenant_id = $1 AND key = $2"
+_HOLD_KEY = """
+SELECT true FROM idempotency_keys
+WHERE tenant_id = $1 AND key = $2 AND created_at = $3 AND status_code IS NULL FOR UPDATE
+"""
+_KEEP_ANSWER = """
+UPDATE idempotency_keys SET status_code = $4, response = $5::jsonb
+WHERE tenant_id = $1 AND key = $2 AND created_at = $3 AND status_code IS NULL
+"""
+_LET_GO = "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND created_at = $3 AND status_code IS NULL"
+
+
+@dataclass
+class _KeyClaim:
+    """An Idempotency-Key this request answers for, as long as no retry has taken it over."""
+
+    tenant_id: str
+    key: str
+    started_at: datetime
+    kept: bool = False
+
+    async def hold(self, conn) -> None:
+        """Lock the key until the transaction ends; a request taken over must change nothing."""
+        if not await conn.fetchval(_HOLD_KEY, self.tenant_id, self.key, self.started_at):
+            raise Conflict("a retry with this Idempotency-Key took this request over", field="Idempotency-Key")
+
+    async def keep(self, conn, status: int, answer: str) -> None:
+        await conn.execute(_KEEP_ANSWER, self.tenant_id, self.key, self.started_at, status, answer)
+        self.kept = True
+
+    async def let_go(self, pool) -> None:
+        """Nothing was kept: the key may be used again."""
+        async with db.transaction(pool) as conn:
+            await conn.execute(_LET_GO, self.tenant_id, self.key, self.started_at)
+
+
 async def create_broadcast(request: web.Request) -> web.Response:
     principal = await request.app[API_KEYS].authenticate(request, Role.STAFF)
     raw = await request.read()
@@ -144,41 +193,43 @@ async def create_broadcast(request: web.Request) -> web.Response:
         return await _create_broadcast(request, principal, raw)
     request_hash = hashlib.sha256(raw).hexdigest()
     pool = request.app[POOL]
+    now = datetime.now(UTC)
+    abandoned = now - timedelta(seconds=request.app[SENDER].settings.idempotency_pending_s)
     async with db.transaction(pool) as conn:
-        first = await conn.fetchval(
-            "INSERT INTO idempotency_keys (tenant_id, key, request_hash, created_at) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT DO NOTHING RETURNING true", principal.tenant_id, key, request_hash, datetime.now(UTC))
-        if not first:
-            earlier = await conn.fetchrow("SELECT request_hash, status_code, response FROM idempotency_keys"
-                                          " WHERE tenant_id = $1 AND key = $2", principal.tenant_id, key)
-    if not first:
+        taken = await conn.fetchval(_TAKE_KEY, principal.tenant_id, key, request_hash, now)
+        if not taken:
+            taken = await conn.fetchval(_TAKE_OVER_KEY, principal.tenant_id, key, request_hash, now, abandoned)
+            if taken:
+                log.warning("abandoned idempotency key taken over", extra={"key": key})
+            else:
+                earlier = await conn.fetchrow(_EARLIER, principal.tenant_id, key)
+    if not taken:
+        if earlier is None:  # its first request failed and let go of it just now
+            return problem(409, "a request with this Idempotency-Key has just failed; try again",
+                           field="Idempotency-Key")
         if earlier["request_hash"] != request_hash:
             raise Invalid("Idempotency-Key", "this key was first used with another request body")
         if earlier["status_code"] is None:
             return problem(409, "a request with this Idempotency-Key is still in flight", field="Idempotency-Key")
         return web.json_response(json.loads(earlier["response"]), status=earlier["status_code"],
                                  headers={"Idempotent-Replayed": "true"})
+    claim = _KeyClaim(principal.tenant_id, key, now)
     try:
-        response = await _create_broadcast(request, principal, raw)
+        response = await _create_broadcast(request, principal, raw, claim)
     except BaseException:
-        # Nothing was kept: the key may be used again.
-        async with db.transaction(pool) as conn:
-            await conn.execute("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
-                               principal.tenant_id, key)
+        await claim.let_go(pool)
         raise
     if response.status >= 500:
+        await claim.let_go(pool)
+    elif not claim.kept:
+        # An answer that changed nothing (a 400, say): kept on its own.
         async with db.transaction(pool) as conn:
-            await conn.execute("DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
-                               principal.tenant_id, key)
-        return response
-    async with db.transaction(pool) as conn:
-        await conn.execute("UPDATE idempotency_keys SET status_code = $3, response = $4::jsonb"
-                           " WHERE tenant_id = $1 AND key = $2", principal.tenant_id, key, response.status,
-                           response.text)
+            await claim.keep(conn, response.status, response.text)
     return response
 
 
-async def _create_broadcast(request: web.Request, principal: Principal, raw: bytes) -> web.Response:
+async def _create_broadcast(request: web.Request, principal: Principal, raw: bytes,
+                            claim: _KeyClaim | None = None) -> web.Response:
     body = BroadcastBody.model_validate(json.loads(raw) if raw else {})
     pool, sender_loop = request.app[POOL], request.app[SENDER]
     async with pool.acquire() as conn:
@@ -203,6 +254,10 @@ async def _create_broadcast(request: web.Request, principal: Principal, raw: byt
     fingerprint = _fingerprint(text, phones)
     now = datetime.now(UTC)
     async with db.transaction(pool) as conn:
+        if claim is not None:
+            # The broadcast and the key's answer commit together: a retry that takes the key over
+            # later finds no broadcast of this request's, and this request none of the retry's.
+            await claim.hold(conn)
         # Two identical requests at once: the second waits here and finds the first.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))", principal.tenant_id,
                            fingerprint)
@@ -211,8 +266,11 @@ async def _create_broadcast(request: web.Request, principal: Principal, raw: byt
             " ORDER BY created_at DESC LIMIT 1", principal.tenant_id, fingerprint,
             now - timedelta(seconds=sender_loop.settings.duplicate_window_s))
         if existing is not None:
-            return web.json_response({**await _broadcast_json(conn, principal.tenant_id, existing),
-                                      "idempotent": True})
+            response = web.json_response({**await _broadcast_json(conn, principal.tenant_id, existing),
+                                          "idempotent": True})
+            if claim is not None:
+                await claim.keep(conn, response.status, response.text)
+            return response
         opted_out = {r["phone"] for r in await conn.fetch(
             "SELECT phone FROM opt_outs WHERE tenant_id = $1 AND phone = ANY($2::text[])", principal.tenant_id,
             phones)}
@@ -225,10 +283,13 @@ async def _create_broadcast(request: web.Request, principal: Principal, raw: byt
             len(invalid), len(opted_out), fingerprint, now)
         await handlers.queue_broadcast(conn, sender, broadcast_id, text, to_send, now)
         answer = await _broadcast_json(conn, principal.tenant_id, broadcast_id)
-    answer.update({"status": "accepted", "idempotent": False, "invalid_recipients": invalid[:INVALID_SHOWN],
-                   "opted_out_count": len(opted_out), "departments": from_departments})
+        answer.update({"status": "accepted", "idempotent": False, "invalid_recipients": invalid[:INVALID_SHOWN],
+                       "opted_out_count": len(opted_out), "departments": from_departments})
+        response = web.json_response(answer, status=202)
+        if claim is not None:
+            await claim.keep(conn, response.status, response.text)
     log.info("broadcast accepted", extra={"broadcast_id": str(broadcast_id), "queued": len(to_send)})
-    return web.json_response(answer, status=202)
+    return response
 
 
 @dataclass

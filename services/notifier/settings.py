@@ -35,4 +35,9 @@ class NotifierSettings(BaseSettings):
     claim_batch: int = Field(100, ge=1)
     idle_poll_s: float = Field(1.0, gt=0)
     duplicate_window_s: float = Field(300.0, ge=0)
+    # An Idempotency-Key still without an answer after this long belongs to a request that died: a retry
+    # with the same body takes it over. Well above what a live request can take (each statement is cut at
+    # WABUS_DB_COMMAND_TIMEOUT_S, 30 s; a connection is waited for 10 s; the status check 2 s; a stopping
+    # service lets requests finish for 20 s). A live request overtaken anyway answers 409 and changes nothing.
+    idempotency_pending_s: float = Field(120.0, gt=0)
     gauges_every_s: float = Field(15.0, gt=0)
