@@ -37,3 +37,13 @@ def as_posted(name: str) -> tuple[str, bytes]:
         wrapped = {"event": event, "instance": "default", "data": json.loads(body)}
         return "evolution", json.dumps(wrapped).encode()
     return provider, body
+
+
+def session_of(name: str) -> str:
+    """The WAHA session, Evolution instance or Meta phone-number id a sample is for: its tenant's `session`."""
+    provider, body = as_posted(name)
+    payload = json.loads(body)
+    if provider == "meta":
+        (number,) = {c["value"]["metadata"]["phone_number_id"] for e in payload["entry"] for c in e["changes"]}
+        return number
+    return payload["session" if provider == "waha" else "instance"]

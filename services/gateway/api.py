@@ -17,7 +17,7 @@ from shared.events.cache import ReadThrough
 from shared.events.catalog import Provider
 from shared.events.http import problem
 
-from .domain import BadShape, Tenant
+from .domain import BadShape, ForeignSession, Tenant
 from .ingest import Incoming
 from .providers import PARSERS
 from .settings import GatewaySettings
@@ -105,6 +105,10 @@ async def _receive(request: web.Request, gateway: Gateway, provider: Provider) -
         parsed = PARSERS[provider](payload, tenant, received_at)
     except BadShape as exc:
         return problem(422, "unexpected webhook shape", field=exc.field, reason=exc.reason)
+    except ForeignSession as exc:
+        # A server-wide webhook pointed at this tenant's URL also carries other tenants' sessions.
+        log.warning("webhook for another session", extra={"tenant_id": tenant.id, "field": exc.field})
+        return problem(403, "not this tenant's session", field=exc.field, reason=exc.reason)
 
     kept = await gateway.commit.submit([Incoming(tenant, a, received_at) for a in parsed.events])
     accepted = sum(kept)

@@ -39,6 +39,23 @@ class BadShape(ValueError):
         self.reason = reason
 
 
+class ForeignSession(Exception):
+    """403: a webhook for a session that is not the tenant's. One WAHA or Evolution server can host
+    several tenants' sessions and post them all to one URL; keeping them files one tenant's patients
+    under another's."""
+
+    def __init__(self, field: str, session: str):
+        super().__init__(f"{field} {session!r} is not this tenant's")
+        self.field = field
+        self.reason = str(self)
+
+
+def own_session(tenant: Tenant, field: str, session: str) -> None:
+    # Exact: WAHA session and Evolution instance names are case-sensitive.
+    if session != tenant.session:
+        raise ForeignSession(field, session)
+
+
 def validated(model: type[M], value: Any, at: str = "") -> M:
     """Validate a part of a webhook, naming a failing field by its full path in the body."""
     try:

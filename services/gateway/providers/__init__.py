@@ -7,7 +7,7 @@ from typing import Any
 
 from shared.events.catalog import Provider
 
-from ..domain import BadShape, ParsedWebhook, Tenant
+from ..domain import BadShape, ForeignSession, ParsedWebhook, Tenant
 from . import evolution, meta, waha
 
 Parser = Callable[[Any, Tenant, datetime], ParsedWebhook]
@@ -21,7 +21,7 @@ def _shape_checked(parse: Parser) -> Parser:
     def checked(payload: Any, tenant: Tenant, received_at: datetime) -> ParsedWebhook:
         try:
             return parse(payload, tenant, received_at)
-        except BadShape:
+        except (BadShape, ForeignSession):
             raise
         except KeyError as exc:
             raise BadShape(str(exc.args[0]) if exc.args else "(body)", "field required") from exc

@@ -32,6 +32,7 @@ from ..domain import (
     Tenant,
     digest,
     from_unix,
+    own_session,
     validated,
 )
 
@@ -95,6 +96,7 @@ class Connection(BaseModel):
 
 def parse(body: Any, tenant: Tenant, received_at: datetime) -> ParsedWebhook:
     envelope = validated(Envelope, body)
+    own_session(tenant, "instance", envelope.instance)
     parsed = ParsedWebhook(kind=envelope.event)
     data = envelope.data
     match envelope.event:

@@ -48,6 +48,11 @@ class Status(BaseModel):
     recipient_id: str | None = None
 
 
+class Metadata(BaseModel):
+    model_config = LOOSE
+    phone_number_id: str = Field(min_length=1)
+
+
 class Value(BaseModel):
     model_config = LOOSE
     metadata: dict[str, Any] | None = None
@@ -81,11 +86,18 @@ _MEDIA = ("image", "video", "audio", "document", "sticker")
 def parse(body: Any, tenant: Tenant, received_at: datetime) -> ParsedWebhook:
     notification = validated(Notification, body)
     parsed = ParsedWebhook(kind=notification.object)
-    # One POST can carry several entries, changes, messages and statuses: every one is kept.
-    for entry in notification.entry:
-        for change in entry.changes:
+    # One POST can carry several entries, changes, messages and statuses: every one of the tenant's is kept.
+    for i, entry in enumerate(notification.entry):
+        for j, change in enumerate(entry.changes):
             if change.field != "messages":
                 parsed.ignored.append(Ignored(change.field, "field not used"))
+                continue
+            number = validated(Metadata, change.value.metadata or {}, f"entry.{i}.changes.{j}.value.metadata")
+            # Meta posts every number of an app to the app's one callback, and retries anything but a 200
+            # for days: another number's change is skipped, never kept as this tenant's, never refused.
+            if number.phone_number_id != tenant.session:
+                parsed.ignored.append(Ignored(change.field,
+                                              f"phone_number_id {number.phone_number_id!r} is not this tenant's"))
                 continue
             names = {c.wa_id: (c.profile or {}).get("name") for c in change.value.contacts}
             for m in change.value.messages:

@@ -32,6 +32,7 @@ from ..domain import (
     Tenant,
     digest,
     from_unix,
+    own_session,
     validated,
 )
 
@@ -140,6 +141,7 @@ def split_id(serialized: str) -> tuple[bool | None, str | None, str, str | None]
 
 def parse(body: Any, tenant: Tenant, received_at: datetime) -> ParsedWebhook:
     envelope = validated(Envelope, body)
+    own_session(tenant, "session", envelope.session)
     parsed = ParsedWebhook(kind=envelope.event)
     at = from_unix(envelope.timestamp) or received_at
     payload = envelope.payload

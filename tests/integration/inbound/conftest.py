@@ -28,6 +28,10 @@ SECRETS = {
     Provider.META: "meta-app-secret-for-tests",
 }
 TENANTS = {Provider.WAHA: "clinic-waha", Provider.EVOLUTION: "clinic-evo", Provider.META: "clinic-meta"}
+# Each tenant's own session as the samples posted to it name it: WAHA `session` (waha/message.text.webjs.json),
+# Evolution `instance` (Baileys samples as their bridge posts them), Meta `phone_number_id`
+# (meta/messages.text.json). The gateway refuses or skips a webhook for any other.
+SESSIONS = {Provider.WAHA: "default", Provider.EVOLUTION: "default", Provider.META: "123456123"}
 META_VERIFY_TOKEN = "verify-me"
 
 
@@ -45,8 +49,7 @@ async def add_tenants(database_url: str) -> None:
     conn = await asyncpg.connect(database_url, server_settings={"search_path": "gateway"})
     try:
         for provider, tenant_id in TENANTS.items():
-            session = "123456123" if provider is Provider.META else "default"
-            await add_tenant(conn, Tenant(tenant_id, provider, session, SECRETS[provider],
+            await add_tenant(conn, Tenant(tenant_id, provider, SESSIONS[provider], SECRETS[provider],
                                           META_VERIFY_TOKEN if provider is Provider.META else None, "MA", "fr"))
     finally:
         await conn.close()

@@ -4,14 +4,15 @@ import asyncio
 import json
 
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.gateway.domain import Tenant
 from services.gateway.repository import add_tenant
 from shared.events.catalog import Provider, decode
-from tests.samples import as_posted, sample_bytes, webhook_samples
+from tests.samples import as_posted, sample_bytes, session_of, webhook_samples
 from tests.support import Listener, eventually
 
-from .conftest import META_VERIFY_TOKEN, SECRETS, TENANTS, rows, running
+from .conftest import META_VERIFY_TOKEN, SECRETS, SESSIONS, TENANTS, rows, running
 
 # What each sample must become: the events subscribers see, by routing key, and the provider id.
 EXPECTED = {
@@ -47,13 +48,14 @@ def test_the_table_covers_every_sample():
 
 
 async def test_every_sample_becomes_the_event_its_subscribers_expect(isolated):
-    # One tenant per sample: several samples reuse the same message id, which is a repeat per tenant.
+    # One tenant per sample, on the sample's own session: several samples reuse the same message id,
+    # which is a repeat per tenant.
     conn = await asyncpg.connect(isolated.database_url, server_settings={"search_path": "gateway"})
     tenants = {}
     for i, name in enumerate(sorted(EXPECTED)):
         provider = Provider(as_posted(name)[0])
         tenants[name] = f"sample-{i:02d}"
-        await add_tenant(conn, Tenant(tenants[name], provider, "default", SECRETS[provider], None, "MA", "fr"))
+        await add_tenant(conn, Tenant(tenants[name], provider, session_of(name), SECRETS[provider], None, "MA", "fr"))
     await conn.close()
 
     settings = isolated.settings()
@@ -125,6 +127,7 @@ async def test_one_lid_sender_told_several_times_at_once_is_accepted(isolated, t
         for event in ("message", "message.any"):
             copy = json.loads(json.dumps(sample))
             copy["event"] = event
+            copy["session"] = SESSIONS[Provider.WAHA]  # the tenant's; the sample was captured on another
             copy["payload"]["id"] = f"false_72318944542853@lid_LID{n}"
             copy["payload"]["_data"] = {"key": {"remoteJidAlt": "212600000555@s.whatsapp.net"}}
             bodies.append(json.dumps(copy).encode())
@@ -184,6 +187,64 @@ async def test_bad_input_gets_a_clear_4xx_and_leaves_no_row(isolated, tenants):
             assert response.status == 404 and "waha" in (await response.json())["providers"]
     assert (await rows(isolated.database_url, "SELECT count(*) FROM gateway.received_webhooks"))[0][0] == 0
     assert (await rows(isolated.database_url, "SELECT count(*) FROM gateway.outbox"))[0][0] == 0
+
+
+async def test_a_webhook_for_another_session_or_instance_is_403_and_keeps_nothing(isolated, tenants):
+    # One WAHA or Evolution server hosting two clinics, its server-wide webhook pointed at this clinic's URL:
+    # the other clinic's patients must not land here.
+    waha = json.loads(sample_bytes("waha/message.text.webjs.json"))
+    evolution = json.loads(sample_bytes("evolution/messages.upsert.json"))
+    assert waha["session"] == SESSIONS[Provider.WAHA] and evolution["instance"] != SESSIONS[Provider.EVOLUTION]
+    async with running(isolated.settings()) as inbound:
+        for session in ("clinic-b", "Default"):  # names are case-sensitive in WAHA
+            status, answer, _ = await inbound.post("waha", json.dumps({**waha, "session": session}).encode())
+            assert status == 403 and answer["error"] == "not this tenant's session", answer
+            assert answer["field"] == "session" and answer["reason"] == f"session {session!r} is not this tenant's"
+        status, answer, _ = await inbound.post("evolution", json.dumps(evolution).encode())
+        assert status == 403 and answer["field"] == "instance", answer
+        assert answer["reason"] == "instance '5535********' is not this tenant's"
+        # The signature comes first: unsigned, it is a 401 whatever session it names.
+        status, _, _ = await inbound.post("waha", json.dumps({**waha, "session": "clinic-b"}).encode(), sign=False)
+        assert status == 401
+        counted = await _counted(inbound, "rejected_403")
+    assert counted == {"waha": 2.0, "evolution": 1.0}
+    for table in ("received_webhooks", "outbox", "inbox", "lid_phones"):
+        assert (await rows(isolated.database_url, f"SELECT count(*) FROM gateway.{table}"))[0][0] == 0, table
+
+
+async def test_meta_keeps_the_tenants_number_and_skips_another_numbers_changes(isolated, tenants):
+    # Meta posts every number of an app to the app's one callback, one POST possibly carrying several.
+    body = json.loads(sample_bytes("meta/messages.text.json"))
+    (own,) = body["entry"][0]["changes"]
+    assert own["value"]["metadata"]["phone_number_id"] == SESSIONS[Provider.META]
+    other = json.loads(json.dumps(own))
+    other["value"]["metadata"]["phone_number_id"] = "999000111"
+    other["value"]["messages"][0]["id"] = "wamid.OTHER"
+    body["entry"][0]["changes"].append(other)
+    marker = json.loads(sample_bytes("meta/messages.text.json"))
+    marker["entry"][0]["changes"][0]["value"]["messages"][0]["id"] = "wamid.MARKER"
+    async with running(isolated.settings()) as inbound, \
+            Listener(isolated.amqp_url, "wabus.gateway", ["whatsapp.message.received"]) as received:
+        status, answer, _ = await inbound.post("meta", json.dumps(body).encode())
+        assert status == 200 and answer["accepted"] == 1 and answer["duplicates"] == 0, answer
+        assert answer["ignored"] == [{"kind": "messages", "reason": "phone_number_id '999000111' is not this tenant's"}]
+        # The gateway publishes in the order it kept: any event of the other number would come before the marker.
+        assert (await inbound.post("meta", json.dumps(marker).encode()))[0] == 200
+        await eventually(lambda: _arrived(received, "wamid.MARKER"), what="marker published")
+        counted = (await _counted(inbound, "accepted"), await _counted(inbound, "ignored"))
+    published = [decode(m.body).data.message.provider_message_id for m in received.events()]
+    assert published == ["ABGGFlA5Fpa", "wamid.MARKER"]
+    assert counted == ({"meta": 2.0}, {"meta": 1.0})
+    kept = await rows(isolated.database_url, "SELECT dedupe_key FROM gateway.received_webhooks ORDER BY dedupe_key")
+    assert [r["dedupe_key"] for r in kept] == ["msg:ABGGFlA5Fpa", "msg:wamid.MARKER"]
+
+
+async def _counted(inbound, outcome: str) -> dict[str, float]:
+    """wabus_webhooks_total of one outcome, by provider."""
+    async with inbound.http.get(f"{inbound.gateway_url}/metrics") as r:
+        text = await r.text()
+    return {s.labels["provider"]: s.value for f in text_string_to_metric_families(text) if f.name == "wabus_webhooks"
+            for s in f.samples if s.name == "wabus_webhooks_total" and s.labels["outcome"] == outcome}
 
 
 async def test_meta_subscription_handshake(isolated, tenants):

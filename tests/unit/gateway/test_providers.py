@@ -5,18 +5,23 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.gateway.domain import BadShape, Tenant
+from services.gateway.domain import BadShape, ForeignSession, Tenant
 from services.gateway.providers import PARSERS
 from shared.events.catalog import AckStatus, Direction, MessageKind, Provider, SessionStatus
-from tests.samples import as_posted, webhook_samples
+from tests.samples import as_posted, session_of, webhook_samples
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+PHONE_NUMBER_ID = "106540352242922"
+
+
+def tenant_of(provider: Provider, session: str | None = None) -> Tenant:
+    session = session or (PHONE_NUMBER_ID if provider is Provider.META else "default")
+    return Tenant("clinic-a", provider, session, None, None, "MA", "fr")
 
 
 def parse(name: str):
     provider, body = as_posted(name)
-    tenant = Tenant("clinic-a", Provider(provider), "default", None, None, "MA", "fr")
-    return PARSERS[Provider(provider)](json.loads(body), tenant, NOW)
+    return PARSERS[Provider(provider)](json.loads(body), tenant_of(Provider(provider), session_of(name)), NOW)
 
 
 @pytest.mark.parametrize("name", webhook_samples())
@@ -128,22 +133,27 @@ def test_meta_text_status_and_errors():
 @pytest.mark.parametrize("provider, body, field", [
     (Provider.WAHA, {"session": "default"}, "event"),
     (Provider.WAHA, {"event": "message", "session": "default", "payload": {"from": "1@c.us"}}, "payload.id"),
-    (Provider.EVOLUTION, {"event": "messages.upsert", "instance": "x", "data": {"key": {"id": "A"}}},
+    (Provider.WAHA, {"event": "message", "payload": {}}, "session"),
+    (Provider.EVOLUTION, {"event": "messages.upsert", "instance": "default", "data": {"key": {"id": "A"}}},
      "data.key.remoteJid"),
+    (Provider.EVOLUTION, {"event": "messages.upsert", "instance": "", "data": {}}, "instance"),
     (Provider.META, {"object": "whatsapp_business_account", "entry": [{"id": "1"}]}, "entry.0.changes"),
+    # Meta names the number in every `messages` change: without it, whose the change is cannot be told.
+    (Provider.META, {"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
+        {"field": "messages", "value": {"messages": []}}]}]}, "entry.0.changes.0.value.metadata.phone_number_id"),
 ])
 def test_wrong_shape_names_the_field(provider, body, field):
-    tenant = Tenant("clinic-a", provider, "default", None, None, "MA", "fr")
     with pytest.raises(BadShape) as info:
-        PARSERS[provider](body, tenant, NOW)
+        PARSERS[provider](body, tenant_of(provider), NOW)
     assert info.value.field == field
 
 
 def _meta_message(**fields):
     message = {"from": "212693955230", "id": "wamid.1", "timestamp": "1", "type": "text", "text": {"body": "hi"},
                **fields}
+    value = {"metadata": {"phone_number_id": PHONE_NUMBER_ID}, "messages": [message]}
     return {"object": "whatsapp_business_account",
-            "entry": [{"id": "x", "changes": [{"field": "messages", "value": {"messages": [message]}}]}]}
+            "entry": [{"id": "x", "changes": [{"field": "messages", "value": value}]}]}
 
 
 _EVOLUTION_KEY = {"remoteJid": "212693955230@s.whatsapp.net", "id": "A"}
@@ -153,21 +163,45 @@ _EVOLUTION_KEY = {"remoteJid": "212693955230@s.whatsapp.net", "id": "A"}
     (Provider.META, _meta_message(timestamp="soon")),
     (Provider.META, _meta_message(type="location", location={"name": "x"})),
     (Provider.META, _meta_message(type="image", image="abc")),
-    (Provider.WAHA, {"event": "message", "session": "s", "timestamp": 10**20,
+    (Provider.WAHA, {"event": "message", "session": "default", "timestamp": 10**20,
                      "payload": {"id": "x", "from": "212693955230@c.us"}}),
-    (Provider.WAHA, {"event": "message", "session": "s",
+    (Provider.WAHA, {"event": "message", "session": "default",
                      "payload": {"id": "x", "from": "72318944542853@lid", "_data": {"key": "k"}}}),
-    (Provider.EVOLUTION, {"event": "messages.upsert", "instance": "i",
+    (Provider.EVOLUTION, {"event": "messages.upsert", "instance": "default",
                           "data": {"key": _EVOLUTION_KEY, "message": {"protocolMessage": "x"}}}),
-    (Provider.EVOLUTION, {"event": "messages.upsert", "instance": "i",
+    (Provider.EVOLUTION, {"event": "messages.upsert", "instance": "default",
                           "data": {"key": _EVOLUTION_KEY, "message": {"reactionMessage": None}}}),
-    (Provider.EVOLUTION, {"event": "messages.upsert", "instance": "i",
+    (Provider.EVOLUTION, {"event": "messages.upsert", "instance": "default",
                           "data": {"key": _EVOLUTION_KEY, "messageTimestamp": "x"}}),
 ], ids=["meta-timestamp", "meta-location", "meta-image", "waha-timestamp", "waha-lid-key", "evolution-protocol",
         "evolution-reaction", "evolution-timestamp"])
 def test_a_value_of_the_wrong_type_or_range_is_a_bad_shape_not_a_crash(provider, payload):
-    tenant = Tenant("clinic-a", provider, "default", None, None, "MA", "fr")
     try:
-        PARSERS[provider](payload, tenant, NOW)
+        PARSERS[provider](payload, tenant_of(provider), NOW)
     except BadShape as exc:
         assert exc.field and exc.reason
+
+
+@pytest.mark.parametrize("name, field", [
+    ("waha/message.text.webjs.json", "session"),
+    ("baileys/messages.upsert.revoke.partial.json", "instance"),  # posted by Evolution, instance "default"
+])
+@pytest.mark.parametrize("tenants_session", ["clinic-b", "Default", "default "])
+def test_a_webhook_for_another_session_or_instance_is_refused_naming_it(name, field, tenants_session):
+    # A server-wide webhook carries every tenant's sessions; names are compared exactly (case-sensitive).
+    provider, body = as_posted(name)
+    with pytest.raises(ForeignSession) as info:
+        PARSERS[Provider(provider)](json.loads(body), tenant_of(Provider(provider), tenants_session), NOW)
+    assert (info.value.field, info.value.reason) == (field, f"{field} 'default' is not this tenant's")
+
+
+def test_meta_keeps_the_tenants_number_and_skips_another_numbers_changes():
+    # Meta posts all of an app's numbers to one callback: another number's change is ignored, not refused.
+    own = _meta_message(id="wamid.own")
+    other = _meta_message(id="wamid.other")["entry"][0]
+    other["changes"][0]["value"]["metadata"]["phone_number_id"] = "999000111"
+    own["entry"].append(other)
+    parsed = PARSERS[Provider.META](own, tenant_of(Provider.META), NOW)
+    assert [a.event.message.provider_message_id for a in parsed.events] == ["wamid.own"]
+    assert [(i.kind, i.reason) for i in parsed.ignored] == [
+        ("messages", "phone_number_id '999000111' is not this tenant's")]
