@@ -6,7 +6,7 @@ import asyncpg
 
 from shared.events.jobs import Tick
 
-from . import repository, stream
+from . import repository
 
 
 def prune_received_webhooks(retention_days: float):
@@ -16,12 +16,3 @@ def prune_received_webhooks(retention_days: float):
         return []
 
     return prune_received_webhooks
-
-
-def prune_stream_events(retention_h: float):
-    async def prune_stream_events(tick: Tick, conn: asyncpg.Connection) -> list:
-        """Browsers catch up on the last day at most; older fan-out rows go."""
-        await conn.execute(stream.PRUNE_STREAM, tick.at - timedelta(hours=retention_h))
-        return []
-
-    return prune_stream_events

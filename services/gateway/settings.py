@@ -13,5 +13,7 @@ class GatewaySettings(BaseSettings):
     # Providers retry for days (Meta up to 7): dedupe keys outlive that.
     received_retention_days: float = Field(14.0, gt=0)
     max_batch: int = Field(1000, ge=1)
-    # How far back a reconnecting browser can catch up.
+    # How far back a reconnecting browser can catch up: the log of followed events keeps this long,
+    # and at most this many bytes (a stream keeps the values it was made with; docs/inbound.md).
     stream_retention_h: float = Field(24.0, gt=0)
+    stream_max_bytes: int = Field(2_000_000_000, ge=50_000_000)

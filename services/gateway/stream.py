@@ -1,9 +1,14 @@
 """Real-time fan-out to browsers: WebSocket (/v1/ws) and Server-Sent Events (/v1/stream).
 
-Events reach `stream_events` through the gateway's durable `gateway.stream` subscription. Each
-gateway replica runs one hub that reads new rows and hands them to its connected clients, filtered
-by tenant (from the API key), topic and department. An id is `<xid>.<seq>`: a client that
-reconnects with the last id it saw is first given every row after it, then the live stream.
+The broker keeps what browsers may follow: `gateway.stream` is a RabbitMQ stream, an append-only
+log bound to those events and kept for WABUS_GATEWAY_STREAM_RETENTION_H (at most
+WABUS_GATEWAY_STREAM_MAX_BYTES). An event's offset in it is its id. Nothing reads the log while no
+browser is connected, so an event costs the gateway nothing until someone follows.
+
+Each gateway replica runs one hub. While it has clients, it follows the log from its end and hands
+each event to the clients it is for: their tenant (from the API key), topic and department. A
+client that reconnects with the last id it saw first reads the log from the id after it, until it
+meets the events the hub hands it.
 """
 
 from __future__ import annotations
@@ -13,77 +18,74 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
-import asyncpg
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueueIterator
 from aiohttp import WSMsgType, web
 from prometheus_client import CollectorRegistry, Gauge
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.events import db
 from shared.events.auth import Role
-from shared.events.envelope import Envelope
+from shared.events.http import problem
+from shared.events.publisher import CHANNEL_GONE
 from shared.events.runtime import API_KEYS
 
 log = logging.getLogger(__name__)
 
-TOPICS = ("message.processed", "queue.opened", "queue.closed", "queue.status.changed", "ticket.issued",
-          "turn.reached", "notification.status", "broadcast.status")
+STREAM_QUEUE = "gateway.stream"
+FOLLOWED = {
+    "wabus.processor": ("message.processed",),
+    "wabus.scheduler": ("queue.opened", "queue.closed", "queue.status.changed", "ticket.issued", "turn.reached"),
+    "wabus.notifier": ("notification.status", "broadcast.status"),
+}
+TOPICS = tuple(topic for topics in FOLLOWED.values() for topic in topics)
+# Where older gateways kept these events on their way into PostgreSQL; nothing reads them now.
+_RETIRED = ("gateway.stream.processor", "gateway.stream.scheduler", "gateway.stream.notifier")
+# Retention drops whole segments: small ones let old events go close to on time.
+SEGMENT_BYTES = 16_000_000
+
 HEARTBEAT_S = 15.0
 KEY_CHECK_S = 15.0  # how often an open stream's key is checked again: a revoked key loses its stream
 CLIENT_BUFFER = 1000  # a client further behind than this is dropped; it reconnects and catches up
-REPLAY_PAGE = 1000
+FOLLOW_PREFETCH = 1000
+REPLAY_PREFETCH = 500
+RECENT_IDS = 1000
 
-Cursor = tuple[int, int]  # (xid, seq)
-
-_RECORD = """
-INSERT INTO stream_events (tenant_id, topic, department, event_id, body, occurred_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::timestamptz[])
-ON CONFLICT (event_id) DO NOTHING
-"""
-
-# Only rows of transactions older than every one still running: none can appear before them later.
-_FINAL = "e.xid < pg_snapshot_xmin(pg_current_snapshot())"
-
-# Ordered by the table's own columns (`e.xid`, not the bigint output named `xid`): in the primary
-# key's order, the rows come straight from its index instead of a sort of the whole table.
-_NEWER = f"""
-SELECT e.xid::text::bigint AS xid, e.seq, e.tenant_id, e.topic, e.department, e.body FROM stream_events e
-WHERE (e.xid, e.seq) > ($1::text::xid8, $2) AND {_FINAL} ORDER BY e.xid, e.seq LIMIT $3
-"""
-
-_REPLAY = f"""
-SELECT e.xid::text::bigint AS xid, e.seq, e.tenant_id, e.topic, e.department, e.body FROM stream_events e
-WHERE e.tenant_id = $1 AND (e.xid, e.seq) > ($2::text::xid8, $3) AND (e.xid, e.seq) <= ($4::text::xid8, $5)
-  AND {_FINAL} AND e.topic = ANY($6::text[]) AND ($7::text IS NULL OR e.department = $7)
-ORDER BY e.tenant_id, e.xid, e.seq LIMIT $8
-"""
-
-_HORIZON = f"""
-SELECT e.xid::text::bigint, e.seq FROM stream_events e WHERE {_FINAL} ORDER BY e.xid DESC, e.seq DESC LIMIT 1
-"""
-
-PRUNE_STREAM = "DELETE FROM stream_events WHERE occurred_at < $1"
-
+_BROKER_ERRORS = (*CHANNEL_GONE, OSError, TimeoutError)
 
 # Queue events reach waiting-room screens: the ticket number is enough, never whose it is.
-_PRIVATE = {"patient", "subscribers"}
+_PRIVATE = ("patient", "subscribers")
 
 
-async def record_stream_events(envelopes: list[Envelope], conn: asyncpg.Connection) -> list[list]:
-    """Keep events for the browsers of their tenants (gateway.stream subscriptions), in arrival order."""
-    await conn.execute(
-        _RECORD, [e.tenant_id for e in envelopes], [e.type for e in envelopes],
-        [getattr(e.data, "department", None) for e in envelopes], [e.id for e in envelopes],
-        [e.model_dump_json(exclude={"data": _PRIVATE}) for e in envelopes], [e.occurred_at for e in envelopes],
-    )
-    return [[] for _ in envelopes]
+async def declare_stream(connection: AbstractConnection, *, retention_h: float, max_bytes: int) -> None:
+    """The log and its bindings; the queues of the old way go. Safe to repeat."""
+    arguments = {"x-queue-type": "stream", "x-max-age": f"{max(1, round(retention_h * 3600))}s",
+                 "x-max-length-bytes": max_bytes, "x-stream-max-segment-size-bytes": SEGMENT_BYTES}
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(STREAM_QUEUE, durable=True, arguments=arguments)
+    except aio_pika.exceptions.ChannelPreconditionFailed:
+        # A stream keeps the arguments it was made with; a policy changes them (docs/inbound.md).
+        log.warning("gateway.stream keeps its earlier retention", extra={"wanted": arguments})
+        channel = await connection.channel()
+        queue = await channel.declare_queue(STREAM_QUEUE, passive=True)
+    try:
+        for exchange, topics in FOLLOWED.items():
+            for topic in topics:
+                await queue.bind(exchange, topic)
+        for name in _RETIRED:
+            await channel.queue_delete(name)
+    finally:
+        await channel.close()
 
 
 @dataclass(frozen=True)
 class Item:
-    cursor: Cursor
+    offset: int
+    event_id: str
     tenant_id: str
     topic: str
     department: str | None
@@ -91,11 +93,21 @@ class Item:
 
     @property
     def id(self) -> str:
-        return f"{self.cursor[0]}.{self.cursor[1]}"
+        return str(self.offset)
 
 
-def _item(row: asyncpg.Record) -> Item:
-    return Item((row["xid"], row["seq"]), row["tenant_id"], row["topic"], row["department"], row["body"])
+def _item(message: AbstractIncomingMessage) -> Item | None:
+    try:
+        event = json.loads(message.body)
+        data = event.get("data") or {}
+        for name in _PRIVATE:
+            data.pop(name, None)
+        return Item(int(message.headers["x-stream-offset"]), event["id"], event["tenant_id"], event["type"],
+                    data.get("department"), json.dumps(event, separators=(",", ":")))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        # Someone else's message on a followed key: skipped, or every browser would stumble on it for good.
+        log.warning("stream message skipped: not an event", extra={"error": repr(exc)})
+        return None
 
 
 class Filter(BaseModel):
@@ -119,7 +131,7 @@ class Filter(BaseModel):
 
     @field_validator("last_event_id")
     @classmethod
-    def _cursor(cls, value: str | None) -> str | None:
+    def _offset(cls, value: str | None) -> str | None:
         if value is not None:
             parse_id(value)
         return value
@@ -131,14 +143,28 @@ class Filter(BaseModel):
 _BIGINT_MAX = 2**63 - 1
 
 
-def parse_id(value: str) -> Cursor:
-    try:
-        xid, seq = (int(part) for part in value.split("."))
-    except ValueError:
-        raise ValueError("not an event id this stream gave out") from None
-    if not (0 <= xid <= _BIGINT_MAX and 0 <= seq <= _BIGINT_MAX):
+def parse_id(value: str) -> int:
+    if not value.isdigit() or int(value) > _BIGINT_MAX:
         raise ValueError("not an event id this stream gave out")
-    return xid, seq
+    return int(value)
+
+
+async def _next_of(queue: asyncio.Queue[Item], until: asyncio.Event, timeout: float) -> Item | None:
+    """The queue's next item; None once `until` is set and the queue is empty; TimeoutError if quiet."""
+    if not queue.empty():
+        return queue.get_nowait()
+    if until.is_set():
+        return None
+    getter = asyncio.ensure_future(queue.get())
+    waiter = asyncio.ensure_future(until.wait())
+    done, pending = await asyncio.wait({getter, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    if getter in done:
+        return getter.result()
+    if waiter in done:
+        return None
+    raise TimeoutError
 
 
 @dataclass(eq=False)
@@ -147,6 +173,26 @@ class Client:
     filter: Filter
     queue: asyncio.Queue[Item] = field(default_factory=lambda: asyncio.Queue(CLIENT_BUFFER))
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # The highest offset given to the browser: what the catch-up and the hub both hold is given once.
+    given: int = -1
+    # The catch-up: what the log holds after the client's last id, read before the hub's events.
+    replayed: asyncio.Queue[Item] = field(default_factory=lambda: asyncio.Queue(REPLAY_PREFETCH))
+    replay_done: asyncio.Event = field(default_factory=asyncio.Event)
+    replay_next: int = 0
+    replay: asyncio.Task | None = None
+    live_from: int | None = None  # the first offset the hub handed out after the client joined
+    # A relay that lost a confirm publishes the event again: the log holds it twice, the browser gets it once.
+    recent: dict[str, None] = field(default_factory=dict)  # the last RECENT_IDS event ids given, oldest first
+
+    def __post_init__(self) -> None:
+        if self.filter.last_event_id is None:
+            self.replay_done.set()
+        else:
+            self.given = parse_id(self.filter.last_event_id)
+            self.replay_next = self.given + 1
+
+    def wants(self, item: Item) -> bool:
+        return item.tenant_id == self.tenant_id and self.filter.wants(item)
 
     def offer(self, item: Item) -> bool:
         try:
@@ -155,45 +201,61 @@ class Client:
         except asyncio.QueueFull:
             return False
 
+    def met_the_hub(self, offset: int) -> None:
+        """The hub's first event after the client joined: the catch-up need not go past it."""
+        self.live_from = offset
+        if offset <= self.given:
+            # An id past the log's end (the stream was made anew): take the log from here on.
+            self.given = offset - 1
+        self.end_replay_if_met()
+
+    def end_replay_if_met(self) -> None:
+        # Else a catch-up waiting for an offset the log does not hold yet would hold back the hub's events.
+        if self.replay is not None and self.live_from is not None and self.live_from <= self.replay_next:
+            self.stop_replay()
+
+    def stop_replay(self) -> None:
+        # Said here too: a task cancelled before it ran never reaches its `finally`.
+        self.replay_done.set()
+        if self.replay is not None:
+            self.replay.cancel()
+
     async def next(self, timeout: float) -> Item | None:
         """The next item; None once the hub let this client go and what it had is sent; TimeoutError if quiet."""
-        if not self.queue.empty():
-            return self.queue.get_nowait()
-        if self.closed.is_set():
-            return None
-        getter = asyncio.ensure_future(self.queue.get())
-        closer = asyncio.ensure_future(self.closed.wait())
-        done, pending = await asyncio.wait({getter, closer}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        if getter in done:
-            return getter.result()
-        if closer in done:
-            return None
-        raise TimeoutError
+        while True:
+            item = await _next_of(self.replayed, self.replay_done, timeout)
+            if item is None:
+                item = await _next_of(self.queue, self.closed, timeout)
+            if item is None:
+                return None
+            if item.offset > self.given and item.event_id not in self.recent:
+                self.given = item.offset
+                self.recent[item.event_id] = None
+                if len(self.recent) > RECENT_IDS:
+                    del self.recent[next(iter(self.recent))]
+                return item
+
+
+class StreamUnavailable(Exception):
+    pass
 
 
 class StreamHub:
-    """One per gateway replica: reads what is new in stream_events and offers it to matching clients."""
+    """One per gateway replica: follows the log while browsers are connected, offers each event to its clients."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str, schema: str, registry: CollectorRegistry, *,
-                 poll_interval_s: float = 1.0, connect_timeout_s: float = 10.0):
-        self._pool, self._dsn, self._schema = pool, dsn, schema
-        self._poll_interval_s, self._connect_timeout_s = poll_interval_s, connect_timeout_s
+    def __init__(self, amqp_url: str, registry: CollectorRegistry, *, connect_timeout_s: float = 10.0):
+        self._url, self._connect_timeout_s = amqp_url, connect_timeout_s
+        self._connection: AbstractConnection | None = None
         self._clients: set[Client] = set()
-        self._cursor: Cursor = (0, 0)
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._following: asyncio.Task | None = None
+        self._attaching = asyncio.Lock()
         self._closer: asyncio.Task | None = None
-        self._listener: asyncpg.Connection | None = None
+        self._closing: set[asyncio.Future] = set()
         self._connected = Gauge("wabus_stream_clients", "Browsers connected to this gateway's WebSocket/SSE.",
                                 ["service"], registry=registry)
+        self._connected.labels("gateway").set(0)
 
     async def start(self, stopping: asyncio.Event) -> None:
-        async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(_HORIZON)
-        self._cursor = (row[0], row[1]) if row else (0, 0)
-        self._task = asyncio.create_task(self._run(), name="stream-hub")
         self._closer = asyncio.create_task(self._close_clients_on(stopping), name="stream-hub-closer")
 
     async def _close_clients_on(self, stopping: asyncio.Event) -> None:
@@ -203,85 +265,135 @@ class StreamHub:
             self._disconnect(client)
 
     async def stop(self) -> None:
-        for task in (self._task, self._closer):
-            if task:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
         for client in list(self._clients):
             self._disconnect(client)
-        if self._listener is not None:
+        tasks = [t for t in (self._closer, self._following) if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        if self._connection is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._listener.close(), timeout=2)
+                await asyncio.wait_for(self._connection.close(), timeout=2)
 
-    def join(self, client: Client) -> Cursor:
-        """Register a client; it gets every item after the returned cursor from the hub."""
+    async def join(self, client: Client) -> None:
+        """Register a client and have the log followed for it, from its last id on; else StreamUnavailable."""
         self._clients.add(client)
         self._connected.labels("gateway").set(len(self._clients))
-        return self._cursor
+        try:
+            async with self._attaching:
+                if self._following is None:
+                    channel, messages = await self._read_from("next")
+                    self._following = self._reading(self._follow(messages), channel)
+            if not client.replay_done.is_set():
+                channel, messages = await self._read_from(client.replay_next)
+                client.replay = self._reading(self._replay(client, messages), channel)
+                client.end_replay_if_met()
+        except _BROKER_ERRORS as exc:
+            self._disconnect(client)
+            raise StreamUnavailable(str(exc) or type(exc).__name__) from exc
+        if client not in self._clients:  # it went while the log was being opened
+            self.leave(client)
 
     def leave(self, client: Client) -> None:
         self._clients.discard(client)
         self._connected.labels("gateway").set(len(self._clients))
-
-    async def replay(self, client: Client, until: Cursor) -> AsyncIterator[list[Item]]:
-        """What the client missed after its last id, up to where the hub took over, a page at a time."""
-        if client.filter.last_event_id is None:
-            return
-        after = parse_id(client.filter.last_event_id)
-        while True:
-            async with self._pool.acquire() as conn:
-                rows = await conn.fetch(_REPLAY, client.tenant_id, str(after[0]), after[1], str(until[0]), until[1],
-                                        client.filter.topics, client.filter.department, REPLAY_PAGE)
-            if rows:
-                yield [_item(r) for r in rows]
-            if len(rows) < REPLAY_PAGE:
-                return
-            after = (rows[-1]["xid"], rows[-1]["seq"])
+        client.stop_replay()
+        if not self._clients and self._following is not None:
+            # Nobody to hand events to: stop reading the log; the next client starts at its end.
+            self._following.cancel()
+            self._following = None
 
     def _disconnect(self, client: Client) -> None:
         """The client finishes what is queued, then meets the end marker."""
         self.leave(client)
         client.closed.set()
 
-    async def _run(self) -> None:
-        while True:
+    async def _read_from(self, offset: int | str) -> tuple[AbstractChannel, AbstractQueueIterator]:
+        try:
+            return await self._open_reader(offset)
+        except _BROKER_ERRORS:
+            if self._connection is not None and self._connection.connected.is_set():
+                raise
+            # The connection was gone without having said so yet: once more, on a new one.
+            return await self._open_reader(offset)
+
+    async def _open_reader(self, offset: int | str) -> tuple[AbstractChannel, AbstractQueueIterator]:
+        prefetch = FOLLOW_PREFETCH if offset == "next" else REPLAY_PREFETCH
+        async with asyncio.timeout(self._connect_timeout_s):
+            if self._connection is None or not self._connection.connected.is_set():
+                self._connection = await aio_pika.connect(
+                    self._url, timeout=self._connect_timeout_s,
+                    client_properties={"connection_name": "wabus-gateway-stream"})
+            channel = await self._connection.channel()
             try:
-                await self._listen()
-                await self._dispatch_new()
-            except (*db.CONNECTION_ERRORS, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-                log.warning("stream hub paused: database unavailable", extra={"error": str(exc)})
-                self._listener = None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval_s)
-            self._wake.clear()
+                await channel.set_qos(prefetch_count=prefetch)  # a stream is read only with a prefetch
+                queue = await channel.get_queue(STREAM_QUEUE, ensure=False)
+                messages = queue.iterator(arguments={"x-stream-offset": offset})
+                await messages.consume()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+                raise
+        return channel, messages
 
-    async def _listen(self) -> None:
-        if self._listener is None or self._listener.is_closed():
-            self._listener = await db.connect(self._dsn, self._schema, timeout=self._connect_timeout_s)
-            await self._listener.add_listener(f"{self._schema}.stream", lambda *_: self._wake.set())
+    def _reading(self, work: Coroutine[Any, Any, None], channel: AbstractChannel) -> asyncio.Task:
+        task = asyncio.create_task(work)
+        # However it ends (cancelled before it ran included), its channel closes, and its consumer with it.
+        task.add_done_callback(lambda _: self._close_later(channel))
+        return task
 
-    async def _dispatch_new(self) -> None:
-        if not self._clients:
-            # Nobody to hand rows to: step past them without reading them.
-            async with self._pool.acquire() as conn:
-                horizon = await conn.fetchrow(_HORIZON)
-            if not self._clients:  # else one joined meanwhile, at the old cursor: it is owed what follows
-                if horizon:
-                    self._cursor = max(self._cursor, (horizon[0], horizon[1]))
-                return
-        while True:
-            async with self._pool.acquire() as conn:
-                rows = await conn.fetch(_NEWER, str(self._cursor[0]), self._cursor[1], 1000)
-            for row in rows:
-                item = _item(row)
-                self._cursor = item.cursor
+    def _close_later(self, channel: AbstractChannel) -> None:
+        def closed(closing: asyncio.Future) -> None:
+            self._closing.discard(closing)
+            if not closing.cancelled():
+                closing.exception()  # retrieved: a channel that would not close is gone all the same
+
+        closing = asyncio.ensure_future(asyncio.wait_for(channel.close(), timeout=2))
+        self._closing.add(closing)
+        closing.add_done_callback(closed)
+
+    async def _follow(self, messages: AbstractQueueIterator) -> None:
+        try:
+            async for message in messages:
+                item = _item(message)
+                await message.ack()
+                if item is not None:
+                    self._hand_out(item)
+            log.warning("stream hub stopped following: the broker closed the channel")
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the clients are told below
+            log.warning("stream hub stopped following", extra={"error": str(exc) or type(exc).__name__})
+        finally:
+            if self._following is asyncio.current_task():
+                # Its clients may miss what comes next: they reconnect with their last id and catch up.
+                self._following = None
                 for client in list(self._clients):
-                    if client.tenant_id == item.tenant_id and client.filter.wants(item) and not client.offer(item):
-                        # Too far behind: cut it loose; it reconnects with its last id and catches up.
-                        self._disconnect(client)
-            if len(rows) < 1000:
-                return
+                    self._disconnect(client)
+
+    def _hand_out(self, item: Item) -> None:
+        for client in list(self._clients):
+            if client.live_from is None:
+                client.met_the_hub(item.offset)
+            if client.wants(item) and not client.offer(item):
+                # Too far behind: cut it loose; it reconnects with its last id and catches up.
+                self._disconnect(client)
+
+    async def _replay(self, client: Client, messages: AbstractQueueIterator) -> None:
+        try:
+            async for message in messages:
+                offset = int(message.headers["x-stream-offset"])
+                if client.live_from is not None and offset >= client.live_from:
+                    break
+                item = _item(message)
+                if item is not None and client.wants(item):
+                    await client.replayed.put(item)
+                await message.ack()
+                client.replay_next = offset + 1
+        except Exception as exc:  # noqa: BLE001 - the client reconnects with its last id
+            log.warning("stream catch-up failed", extra={"error": str(exc) or type(exc).__name__})
+            self._disconnect(client)
+        finally:
+            client.replay_done.set()
 
 
 HUB = web.AppKey("stream_hub", StreamHub)
@@ -292,6 +404,12 @@ async def _open(request: web.Request) -> Client:
     query = dict(request.query)
     last = request.headers.get("Last-Event-ID") or query.get("last_event_id")
     return Client(principal.tenant_id, Filter.model_validate({**query, "last_event_id": last}))
+
+
+def _unavailable(exc: StreamUnavailable) -> web.Response:
+    response = problem(503, "event stream unavailable", reason=str(exc))
+    response.headers["Retry-After"] = "5"
+    return response
 
 
 async def _still_allowed(request: web.Request) -> bool:
@@ -308,16 +426,16 @@ async def _still_allowed(request: web.Request) -> bool:
 async def sse(request: web.Request) -> web.StreamResponse:
     client = await _open(request)
     hub = request.app[HUB]
-    until = hub.join(client)  # before anything can fail: `finally` is what lets the client go
+    try:
+        await hub.join(client)
+    except StreamUnavailable as exc:
+        return _unavailable(exc)
     try:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
-        async for page in hub.replay(client, until):
-            for item in page:
-                await response.write(_sse_frame(item))
         checked = beat = time.monotonic()
-        while True:
+        while request.transport is not None and not request.transport.is_closing():  # else the browser left
             if time.monotonic() - checked >= KEY_CHECK_S:
                 checked = time.monotonic()
                 if not await _still_allowed(request):
@@ -346,13 +464,15 @@ def _sse_frame(item: Item) -> bytes:
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     client = await _open(request)
     hub = request.app[HUB]
-    until = hub.join(client)  # before anything can fail: `finally` is what lets the client go
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S)
+    if not ws.can_prepare(request).ok:
+        raise web.HTTPBadRequest(reason="not a WebSocket request")
+    try:
+        await hub.join(client)
+    except StreamUnavailable as exc:
+        return _unavailable(exc)
     try:
         await ws.prepare(request)
-        async for page in hub.replay(client, until):
-            for item in page:
-                await ws.send_str(_ws_frame(item))
         reader = asyncio.create_task(_drain_incoming(ws))
         checked = time.monotonic()
         while not ws.closed and not reader.done():

@@ -84,8 +84,8 @@ def _meta_message() -> bytes:
     return sample_bytes("meta/messages.text.json")
 
 
-async def test_a_long_absence_is_caught_up_page_by_page(isolated, tenants, monkeypatch):
-    monkeypatch.setattr(stream, "REPLAY_PAGE", 2)
+async def test_a_long_absence_is_caught_up_a_few_at_a_time(isolated, tenants, monkeypatch):
+    monkeypatch.setattr(stream, "REPLAY_PREFETCH", 2)
     key = await _key(isolated, "clinic-waha", "viewer")
     async with running(isolated.settings()) as inbound, \
             Listener(isolated.amqp_url, "wabus.processor", ["message.processed"]) as processed:
@@ -113,9 +113,10 @@ async def test_a_stream_that_never_opens_leaves_no_client_behind(isolated, tenan
         for _ in range(3):  # a plain GET, not a WebSocket upgrade
             async with inbound.http.get(f"{url}/v1/ws", params={"api_key": key}) as r:
                 assert r.status == 400
-        async with inbound.http.get(f"{url}/v1/stream", headers={"Authorization": f"Bearer {key}",
-                                                                 "Last-Event-ID": f"{2**64}.1"}) as r:
-            assert r.status == 422 and (await r.json())["field"] == "last_event_id"
+        for wrong in (str(2**64), "12.3", "-1"):
+            async with inbound.http.get(f"{url}/v1/stream", headers={"Authorization": f"Bearer {key}",
+                                                                     "Last-Event-ID": wrong}) as r:
+                assert r.status == 422 and (await r.json())["field"] == "last_event_id"
         async with inbound.http.get(f"{url}/metrics") as r:
             assert 'wabus_stream_clients{service="gateway"} 0.0' in await r.text()
 
@@ -137,3 +138,71 @@ async def test_a_revoked_key_loses_its_open_stream(isolated, tenants, monkeypatc
         assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 4001
         async with inbound.http.get(f"{url}/v1/stream", headers={"Authorization": f"Bearer {key}"}) as r:
             assert r.status == 401
+
+
+async def _stream_consumers(isolated) -> int:
+    # list_queues, not list_consumers: RabbitMQ 3.10 lists no consumers of a stream there.
+    listed = await isolated.broker.rabbitmqctl("list_queues", "--vhost", isolated.vhost, "--quiet",
+                                               "--no-table-headers", "name", "consumers")
+    counts = dict(line.split() for line in listed.splitlines() if line.strip())
+    return int(counts.get(stream.STREAM_QUEUE, 0))
+
+
+async def test_the_log_is_read_only_while_a_browser_follows(isolated, tenants):
+    key = await _key(isolated, "clinic-waha", "viewer")
+    async with running(isolated.settings()) as inbound:
+        url, auth = inbound.gateway_url, {"Authorization": f"Bearer {key}"}
+        assert await _stream_consumers(isolated) == 0
+        sse = await inbound.http.get(f"{url}/v1/stream", params={"topics": "message.processed"}, headers=auth)
+        assert await _stream_consumers(isolated) == 1
+        await inbound.post("waha", text("212600000321", 1, "followed"))
+        (seen,) = await _sse_events(sse, 1)
+        sse.close()
+        for _ in range(20):
+            if await _stream_consumers(isolated) == 0:
+                break
+            await asyncio.sleep(0.2)
+        assert await _stream_consumers(isolated) == 0
+        # Kept meanwhile all the same: a browser back with its last id gets it.
+        await inbound.post("waha", text("212600000321", 2, "while nobody followed"))
+        async with inbound.http.get(f"{url}/v1/stream", params={"topics": "message.processed"},
+                                    headers={**auth, "Last-Event-ID": seen["id"]}) as again:
+            (event,) = await _sse_events(again, 1)
+            assert json.loads(event["data"])["data"]["message"]["text"] == "while nobody followed"
+
+
+async def test_an_id_past_the_logs_end_takes_the_log_from_the_next_event(isolated, tenants):
+    # As after the broker's stream was made anew: the browser's last id is larger than any offset.
+    key = await _key(isolated, "clinic-waha", "viewer")
+    async with running(isolated.settings()) as inbound:
+        sse = await inbound.http.get(f"{inbound.gateway_url}/v1/stream", params={"topics": "message.processed"},
+                                     headers={"Authorization": f"Bearer {key}", "Last-Event-ID": "999999"})
+        await asyncio.sleep(0.2)
+        await inbound.post("waha", text("212600000321", 1, "after the reset"))
+        (event,) = await _sse_events(sse, 1)
+        assert json.loads(event["data"])["data"]["message"]["text"] == "after the reset"
+        sse.close()
+
+
+async def test_a_browser_cut_off_with_the_broker_catches_up_on_what_it_missed(isolated, tenants):
+    key = await _key(isolated, "clinic-waha", "viewer")
+    async with running(isolated.settings()) as inbound, \
+            Listener(isolated.amqp_url, "wabus.processor", ["message.processed"]) as processed:
+        url, auth = inbound.gateway_url, {"Authorization": f"Bearer {key}"}
+        sse = await inbound.http.get(f"{url}/v1/stream", params={"topics": "message.processed"}, headers=auth)
+        await asyncio.sleep(0.2)
+        await inbound.post("waha", text("212600000321", 1, "before"))
+        (seen,) = await _sse_events(sse, 1)
+        await processed.wait_for(1)
+
+        await isolated.cut_connections()
+        # The hub can no longer promise every event: the stream ends, the browser reconnects.
+        await asyncio.wait_for(sse.content.read(), timeout=20)
+        assert sse.content.at_eof()
+        for n in (2, 3):
+            await inbound.post("waha", text("212600000321", n, f"missed {n}"))
+        async with inbound.http.get(f"{url}/v1/stream", params={"topics": "message.processed"},
+                                    headers={**auth, "Last-Event-ID": seen["id"]}) as again:
+            assert again.status == 200, await again.text()
+            missed = await _sse_events(again, 2, timeout=60)
+        assert [json.loads(e["data"])["data"]["message"]["text"] for e in missed] == ["missed 2", "missed 3"]
