@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import re
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueueIterator
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from aiohttp import WSMsgType, web
 from prometheus_client import CollectorRegistry, Gauge
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -53,6 +55,7 @@ CLIENT_BUFFER = 1000  # a client further behind than this is dropped; it reconne
 FOLLOW_PREFETCH = 1000
 REPLAY_PREFETCH = 500
 RECENT_IDS = 1000
+MAX_CATCH_UPS = 64  # each reads the log, every tenant's events, from its id on, on a channel of its own
 
 _BROKER_ERRORS = (*CHANNEL_GONE, OSError, TimeoutError)
 
@@ -64,36 +67,43 @@ async def declare_stream(connection: AbstractConnection, *, retention_h: float, 
     """The log and its bindings; the queues of the old way go. Safe to repeat."""
     arguments = {"x-queue-type": "stream", "x-max-age": f"{max(1, round(retention_h * 3600))}s",
                  "x-max-length-bytes": max_bytes, "x-stream-max-segment-size-bytes": SEGMENT_BYTES}
-    channel = await connection.channel()
+    channels = [await connection.channel()]
     try:
-        queue = await channel.declare_queue(STREAM_QUEUE, durable=True, arguments=arguments)
-    except aio_pika.exceptions.ChannelPreconditionFailed:
-        # A stream keeps the arguments it was made with; a policy changes them (docs/inbound.md).
-        log.warning("gateway.stream keeps its earlier retention", extra={"wanted": arguments})
-        channel = await connection.channel()
-        queue = await channel.declare_queue(STREAM_QUEUE, passive=True)
-    try:
+        try:
+            queue = await channels[0].declare_queue(STREAM_QUEUE, durable=True, arguments=arguments)
+        except aio_pika.exceptions.ChannelPreconditionFailed:
+            # A stream keeps the arguments it was made with; a policy changes them (docs/inbound.md).
+            log.warning("gateway.stream keeps its earlier retention", extra={"wanted": arguments})
+            channels.append(await connection.channel())
+            queue = await channels[-1].declare_queue(STREAM_QUEUE, passive=True)
         for exchange, topics in FOLLOWED.items():
             for topic in topics:
                 await queue.bind(exchange, topic)
         for name in _RETIRED:
-            await channel.queue_delete(name)
+            await channels[-1].queue_delete(name)
     finally:
-        await channel.close()
+        for channel in channels:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
 
-@dataclass(frozen=True)
+@dataclass
 class Item:
     offset: int
     event_id: str
     tenant_id: str
     topic: str
     department: str | None
-    body: str
+    event: dict
 
     @property
     def id(self) -> str:
         return str(self.offset)
+
+    @functools.cached_property
+    def body(self) -> str:
+        # Only for an event someone is given: most of what a catch-up reads is other tenants'.
+        return json.dumps(self.event, separators=(",", ":"))
 
 
 def _item(message: AbstractIncomingMessage) -> Item | None:
@@ -103,7 +113,7 @@ def _item(message: AbstractIncomingMessage) -> Item | None:
         for name in _PRIVATE:
             data.pop(name, None)
         return Item(int(message.headers["x-stream-offset"]), event["id"], event["tenant_id"], event["type"],
-                    data.get("department"), json.dumps(event, separators=(",", ":")))
+                    data.get("department"), event)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         # Someone else's message on a followed key: skipped, or every browser would stumble on it for good.
         log.warning("stream message skipped: not an event", extra={"error": repr(exc)})
@@ -132,6 +142,10 @@ class Filter(BaseModel):
     @field_validator("last_event_id")
     @classmethod
     def _offset(cls, value: str | None) -> str | None:
+        if value is not None and _OLD_ID.fullmatch(value):
+            # An id of the gateway before the log (`<xid>.<seq>`): a browser open across the upgrade
+            # goes on from now rather than being refused, which would stop its EventSource for good.
+            return None
         if value is not None:
             parse_id(value)
         return value
@@ -140,11 +154,12 @@ class Filter(BaseModel):
         return item.topic in self.topics and (self.department is None or item.department == self.department)
 
 
-_BIGINT_MAX = 2**63 - 1
+_OLD_ID = re.compile(r"[0-9]{1,20}\.[0-9]{1,20}")
+_LARGEST_ID = 2**63 - 2  # the next offset must still be a signed 64-bit number
 
 
 def parse_id(value: str) -> int:
-    if not value.isdigit() or int(value) > _BIGINT_MAX:
+    if not value.isdigit() or int(value) > _LARGEST_ID:
         raise ValueError("not an event id this stream gave out")
     return int(value)
 
@@ -157,9 +172,11 @@ async def _next_of(queue: asyncio.Queue[Item], until: asyncio.Event, timeout: fl
         return None
     getter = asyncio.ensure_future(queue.get())
     waiter = asyncio.ensure_future(until.wait())
-    done, pending = await asyncio.wait({getter, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
+    try:
+        done, _ = await asyncio.wait({getter, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        getter.cancel()
+        waiter.cancel()
     if getter in done:
         return getter.result()
     if waiter in done:
@@ -178,6 +195,9 @@ class Client:
     # The catch-up: what the log holds after the client's last id, read before the hub's events.
     replayed: asyncio.Queue[Item] = field(default_factory=lambda: asyncio.Queue(REPLAY_PREFETCH))
     replay_done: asyncio.Event = field(default_factory=asyncio.Event)
+    # Whether the catch-up reached the hub's events. A catch-up that ended short of them (the client let
+    # go, the broker gone) must not be followed by them: the browser's last id would skip the gap between.
+    caught_up: bool = False
     replay_next: int = 0
     replay: asyncio.Task | None = None
     live_from: int | None = None  # the first offset the hub handed out after the client joined
@@ -187,6 +207,7 @@ class Client:
     def __post_init__(self) -> None:
         if self.filter.last_event_id is None:
             self.replay_done.set()
+            self.caught_up = True
         else:
             self.given = parse_id(self.filter.last_event_id)
             self.replay_next = self.given + 1
@@ -204,14 +225,12 @@ class Client:
     def met_the_hub(self, offset: int) -> None:
         """The hub's first event after the client joined: the catch-up need not go past it."""
         self.live_from = offset
-        if offset <= self.given:
-            # An id past the log's end (the stream was made anew): take the log from here on.
-            self.given = offset - 1
         self.end_replay_if_met()
 
     def end_replay_if_met(self) -> None:
         # Else a catch-up waiting for an offset the log does not hold yet would hold back the hub's events.
-        if self.replay is not None and self.live_from is not None and self.live_from <= self.replay_next:
+        if self.live_from is not None and self.live_from <= self.replay_next and not self.caught_up:
+            self.caught_up = True
             self.stop_replay()
 
     def stop_replay(self) -> None:
@@ -225,6 +244,8 @@ class Client:
         while True:
             item = await _next_of(self.replayed, self.replay_done, timeout)
             if item is None:
+                if not self.caught_up:
+                    return None  # the browser reconnects from the last id it was given
                 item = await _next_of(self.queue, self.closed, timeout)
             if item is None:
                 return None
@@ -240,17 +261,35 @@ class StreamUnavailable(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class _Reader:
+    """A consumer of the log on a channel of its own; `inbox` ends with None when the reading ends."""
+
+    channel: AbstractChannel
+    queue: AbstractQueue
+    consumer_tag: str
+    inbox: asyncio.Queue[AbstractIncomingMessage | None]
+
+    async def close(self) -> None:
+        # Cancelled first: RabbitMQ 3.10 goes on listing a stream consumer whose channel merely closed.
+        with contextlib.suppress(Exception):
+            await self.queue.cancel(self.consumer_tag)
+        await self.channel.close()
+
+
 class StreamHub:
     """One per gateway replica: follows the log while browsers are connected, offers each event to its clients."""
 
     def __init__(self, amqp_url: str, registry: CollectorRegistry, *, connect_timeout_s: float = 10.0):
         self._url, self._connect_timeout_s = amqp_url, connect_timeout_s
         self._connection: AbstractConnection | None = None
+        self._connecting = asyncio.Lock()
         self._clients: set[Client] = set()
         self._following: asyncio.Task | None = None
         self._attaching = asyncio.Lock()
-        self._closer: asyncio.Task | None = None
+        self._readers: set[asyncio.Task] = set()
         self._closing: set[asyncio.Future] = set()
+        self._closer: asyncio.Task | None = None
         self._connected = Gauge("wabus_stream_clients", "Browsers connected to this gateway's WebSocket/SSE.",
                                 ["service"], registry=registry)
         self._connected.labels("gateway").set(0)
@@ -267,7 +306,7 @@ class StreamHub:
     async def stop(self) -> None:
         for client in list(self._clients):
             self._disconnect(client)
-        tasks = [t for t in (self._closer, self._following) if t]
+        tasks = [t for t in (self._closer, *self._readers) if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -283,15 +322,20 @@ class StreamHub:
         try:
             async with self._attaching:
                 if self._following is None:
-                    channel, messages = await self._read_from("next")
-                    self._following = self._reading(self._follow(messages), channel)
+                    self._following = self._reading(self._follow, await self._open_reader("next"))
             if not client.replay_done.is_set():
-                channel, messages = await self._read_from(client.replay_next)
-                client.replay = self._reading(self._replay(client, messages), channel)
+                if sum(1 for r in self._readers if r is not self._following) >= MAX_CATCH_UPS:
+                    raise StreamUnavailable("too many clients catching up at once")
+                client.replay = self._reading(functools.partial(self._replay, client),
+                                              await self._open_reader(client.replay_next))
                 client.end_replay_if_met()
         except _BROKER_ERRORS as exc:
             self._disconnect(client)
-            raise StreamUnavailable(str(exc) or type(exc).__name__) from exc
+            log.warning("stream not opened: broker unavailable", extra={"error": str(exc) or type(exc).__name__})
+            raise StreamUnavailable("the broker is unavailable") from exc
+        except BaseException:
+            self._disconnect(client)
+            raise
         if client not in self._clients:  # it went while the log was being opened
             self.leave(client)
 
@@ -309,58 +353,79 @@ class StreamHub:
         self.leave(client)
         client.closed.set()
 
-    async def _read_from(self, offset: int | str) -> tuple[AbstractChannel, AbstractQueueIterator]:
+    async def _connect(self) -> AbstractConnection:
+        async with self._connecting:
+            if self._connection is None or not self._connection.connected.is_set():
+                stale, self._connection = self._connection, None
+                if stale is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(stale.close(), timeout=2)
+                self._connection = await aio_pika.connect(
+                    self._url, timeout=self._connect_timeout_s,
+                    client_properties={"connection_name": "wabus-gateway-stream"})
+            return self._connection
+
+    async def _open_reader(self, offset: int | str) -> _Reader:
         try:
-            return await self._open_reader(offset)
+            return await self._try_open_reader(offset)
         except _BROKER_ERRORS:
             if self._connection is not None and self._connection.connected.is_set():
                 raise
             # The connection was gone without having said so yet: once more, on a new one.
-            return await self._open_reader(offset)
+            return await self._try_open_reader(offset)
 
-    async def _open_reader(self, offset: int | str) -> tuple[AbstractChannel, AbstractQueueIterator]:
-        prefetch = FOLLOW_PREFETCH if offset == "next" else REPLAY_PREFETCH
+    async def _try_open_reader(self, offset: int | str) -> _Reader:
         async with asyncio.timeout(self._connect_timeout_s):
-            if self._connection is None or not self._connection.connected.is_set():
-                self._connection = await aio_pika.connect(
-                    self._url, timeout=self._connect_timeout_s,
-                    client_properties={"connection_name": "wabus-gateway-stream"})
-            channel = await self._connection.channel()
+            channel = await (await self._connect()).channel()
             try:
-                await channel.set_qos(prefetch_count=prefetch)  # a stream is read only with a prefetch
+                inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+                # The reading ends when the channel closes (the broker gone, or closed here) or the broker
+                # cancels the consumer (the log deleted). Consumed through a callback, not aio-pika's
+                # iterator: that one nacks what it holds when stopped, and a stream answers a nack by
+                # closing the whole connection.
+                channel.close_callbacks.add(lambda *_: inbox.put_nowait(None))
+                (await channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(
+                    lambda *_: inbox.put_nowait(None))
+                # A stream is read only with a prefetch.
+                await channel.set_qos(prefetch_count=FOLLOW_PREFETCH if offset == "next" else REPLAY_PREFETCH)
                 queue = await channel.get_queue(STREAM_QUEUE, ensure=False)
-                messages = queue.iterator(arguments={"x-stream-offset": offset})
-                await messages.consume()
+                tag = await queue.consume(inbox.put, arguments={"x-stream-offset": offset})
             except BaseException:
                 with contextlib.suppress(Exception):
                     await channel.close()
                 raise
-        return channel, messages
+        return _Reader(channel, queue, tag, inbox)
 
-    def _reading(self, work: Coroutine[Any, Any, None], channel: AbstractChannel) -> asyncio.Task:
-        task = asyncio.create_task(work)
-        # However it ends (cancelled before it ran included), its channel closes, and its consumer with it.
-        task.add_done_callback(lambda _: self._close_later(channel))
+    def _reading(self, work: Callable[[_Reader], Coroutine[Any, Any, None]], reader: _Reader) -> asyncio.Task:
+        task = asyncio.create_task(work(reader))
+        self._readers.add(task)
+
+        def ended(_: asyncio.Task) -> None:
+            # However it ended (cancelled before it ran included), its channel closes, and its consumer with it.
+            self._readers.discard(task)
+            self._close_later(reader)
+
+        task.add_done_callback(ended)
         return task
 
-    def _close_later(self, channel: AbstractChannel) -> None:
+    def _close_later(self, reader: _Reader) -> None:
         def closed(closing: asyncio.Future) -> None:
             self._closing.discard(closing)
             if not closing.cancelled():
                 closing.exception()  # retrieved: a channel that would not close is gone all the same
 
-        closing = asyncio.ensure_future(asyncio.wait_for(channel.close(), timeout=2))
+        closing = asyncio.ensure_future(asyncio.wait_for(reader.close(), timeout=2))
         self._closing.add(closing)
         closing.add_done_callback(closed)
 
-    async def _follow(self, messages: AbstractQueueIterator) -> None:
+    async def _follow(self, reader: _Reader) -> None:
         try:
-            async for message in messages:
+            while (message := await reader.inbox.get()) is not None:
                 item = _item(message)
                 await message.ack()
                 if item is not None:
                     self._hand_out(item)
-            log.warning("stream hub stopped following: the broker closed the channel")
+            log.warning("stream hub stopped following: channel closed or consumer cancelled by the broker")
         except Exception as exc:  # noqa: BLE001 - whatever it was, the clients are told below
             log.warning("stream hub stopped following", extra={"error": str(exc) or type(exc).__name__})
         finally:
@@ -378,17 +443,20 @@ class StreamHub:
                 # Too far behind: cut it loose; it reconnects with its last id and catches up.
                 self._disconnect(client)
 
-    async def _replay(self, client: Client, messages: AbstractQueueIterator) -> None:
+    async def _replay(self, client: Client, reader: _Reader) -> None:
         try:
-            async for message in messages:
+            while (message := await reader.inbox.get()) is not None:
                 offset = int(message.headers["x-stream-offset"])
                 if client.live_from is not None and offset >= client.live_from:
-                    break
+                    client.caught_up = True
+                    return
                 item = _item(message)
                 if item is not None and client.wants(item):
                     await client.replayed.put(item)
                 await message.ack()
                 client.replay_next = offset + 1
+            log.warning("stream catch-up ended: channel closed or consumer cancelled by the broker")
+            self._disconnect(client)
         except Exception as exc:  # noqa: BLE001 - the client reconnects with its last id
             log.warning("stream catch-up failed", extra={"error": str(exc) or type(exc).__name__})
             self._disconnect(client)
@@ -423,16 +491,25 @@ async def _still_allowed(request: web.Request) -> bool:
     return True
 
 
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_RETRY_MS = 5000
+
+
 async def sse(request: web.Request) -> web.StreamResponse:
     client = await _open(request)
     hub = request.app[HUB]
     try:
         await hub.join(client)
     except StreamUnavailable as exc:
-        return _unavailable(exc)
+        # Not a 503: an EventSource gives up for good on anything but a 200. This stream ends at once
+        # and asks the browser back, with its last id, a little later.
+        response = web.StreamResponse(headers=_SSE_HEADERS)
+        await response.prepare(request)
+        await response.write(f"retry: {SSE_RETRY_MS}\n: {exc}\n\n".encode())
+        await response.write_eof()
+        return response
     try:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                               "X-Accel-Buffering": "no"})
+        response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
         checked = beat = time.monotonic()
         while request.transport is not None and not request.transport.is_closing():  # else the browser left
@@ -507,7 +584,7 @@ async def _drain_incoming(ws: web.WebSocketResponse) -> None:
 
 
 def _ws_frame(item: Item) -> str:
-    return json.dumps({"id": item.id, "topic": item.topic, "event": json.loads(item.body)})
+    return json.dumps({"id": item.id, "topic": item.topic, "event": item.event})
 
 
 routes = [web.get("/v1/stream", sse), web.get("/v1/ws", websocket)]
