@@ -18,6 +18,7 @@ import contextlib
 import functools
 import json
 import logging
+import random
 import re
 import time
 from collections.abc import Callable, Coroutine
@@ -159,7 +160,7 @@ _LARGEST_ID = 2**63 - 2  # the next offset must still be a signed 64-bit number
 
 
 def parse_id(value: str) -> int:
-    if not value.isdigit() or int(value) > _LARGEST_ID:
+    if not (value.isascii() and value.isdigit()) or int(value) > _LARGEST_ID:
         raise ValueError("not an event id this stream gave out")
     return int(value)
 
@@ -227,6 +228,15 @@ class Client:
         self.live_from = offset
         self.end_replay_if_met()
 
+    def catch_up_to(self, item: Item) -> None:
+        """Still catching up, and the hub's events for it fill its buffer: the catch-up reads on to here
+        instead. Those events come after where the catch-up is, so it gives them in turn; cutting the
+        client loose could leave it starting over from the same id for good."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.met_the_hub(item.offset)
+        self.offer(item)
+
     def end_replay_if_met(self) -> None:
         # Else a catch-up waiting for an offset the log does not hold yet would hold back the hub's events.
         if self.live_from is not None and self.live_from <= self.replay_next and not self.caught_up:
@@ -288,6 +298,7 @@ class StreamHub:
         self._following: asyncio.Task | None = None
         self._attaching = asyncio.Lock()
         self._readers: set[asyncio.Task] = set()
+        self._catching_up = 0
         self._closing: set[asyncio.Future] = set()
         self._closer: asyncio.Task | None = None
         self._connected = Gauge("wabus_stream_clients", "Browsers connected to this gateway's WebSocket/SSE.",
@@ -324,11 +335,18 @@ class StreamHub:
                 if self._following is None:
                     self._following = self._reading(self._follow, await self._open_reader("next"))
             if not client.replay_done.is_set():
-                if sum(1 for r in self._readers if r is not self._following) >= MAX_CATCH_UPS:
+                # Taken before the first await: clients coming back together after an outage all count.
+                if self._catching_up >= MAX_CATCH_UPS:
                     raise StreamUnavailable("too many clients catching up at once")
-                client.replay = self._reading(functools.partial(self._replay, client),
-                                              await self._open_reader(client.replay_next))
-                client.end_replay_if_met()
+                self._catching_up += 1
+                try:
+                    reader = await self._open_reader(client.replay_next)
+                except BaseException:
+                    self._catching_up -= 1
+                    raise
+                client.replay = self._reading(functools.partial(self._replay, client), reader, catch_up=True)
+                if client.replay_done.is_set():  # the hub met it, or it went, while the log was being opened
+                    client.replay.cancel()
         except _BROKER_ERRORS as exc:
             self._disconnect(client)
             log.warning("stream not opened: broker unavailable", extra={"error": str(exc) or type(exc).__name__})
@@ -396,13 +414,16 @@ class StreamHub:
                 raise
         return _Reader(channel, queue, tag, inbox)
 
-    def _reading(self, work: Callable[[_Reader], Coroutine[Any, Any, None]], reader: _Reader) -> asyncio.Task:
+    def _reading(self, work: Callable[[_Reader], Coroutine[Any, Any, None]], reader: _Reader, *,
+                 catch_up: bool = False) -> asyncio.Task:
         task = asyncio.create_task(work(reader))
         self._readers.add(task)
 
         def ended(_: asyncio.Task) -> None:
             # However it ended (cancelled before it ran included), its channel closes, and its consumer with it.
             self._readers.discard(task)
+            if catch_up:
+                self._catching_up -= 1
             self._close_later(reader)
 
         task.add_done_callback(ended)
@@ -440,8 +461,11 @@ class StreamHub:
             if client.live_from is None:
                 client.met_the_hub(item.offset)
             if client.wants(item) and not client.offer(item):
-                # Too far behind: cut it loose; it reconnects with its last id and catches up.
-                self._disconnect(client)
+                if client.caught_up:
+                    # Too far behind: cut it loose; it reconnects with its last id and catches up.
+                    self._disconnect(client)
+                else:
+                    client.catch_up_to(item)
 
     async def _replay(self, client: Client, reader: _Reader) -> None:
         try:
@@ -505,7 +529,8 @@ async def sse(request: web.Request) -> web.StreamResponse:
         # and asks the browser back, with its last id, a little later.
         response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
-        await response.write(f"retry: {SSE_RETRY_MS}\n: {exc}\n\n".encode())
+        # Spread out: browsers cut off together should not all come back in the same instant.
+        await response.write(f"retry: {random.randint(SSE_RETRY_MS, 2 * SSE_RETRY_MS)}\n: {exc}\n\n".encode())
         await response.write_eof()
         return response
     try:

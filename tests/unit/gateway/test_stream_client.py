@@ -75,3 +75,14 @@ def test_ids():
             parse_id(wrong)
     # An id of the gateway before the log goes on from now.
     assert Filter(last_event_id="7331.12").last_event_id is None
+
+
+async def test_a_client_still_catching_up_is_not_cut_loose_when_the_hubs_events_fill_its_buffer(monkeypatch):
+    monkeypatch.setattr("services.gateway.stream.CLIENT_BUFFER", 2)
+    client = _client("4")
+    client.met_the_hub(10)
+    assert client.offer(_item(10)) and client.offer(_item(11)) and not client.offer(_item(12))
+    client.catch_up_to(_item(12))
+    # The catch-up now reads on to 12 (10 and 11 included); the hub's events start at 12.
+    assert client.live_from == 12 and not client.caught_up
+    assert [client.queue.get_nowait().offset] == [12]
