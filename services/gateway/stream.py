@@ -52,7 +52,7 @@ SEGMENT_BYTES = 16_000_000
 
 HEARTBEAT_S = 15.0
 KEY_CHECK_S = 15.0  # how often an open stream's key is checked again: a revoked key loses its stream
-CLIENT_BUFFER = 1000  # a client further behind than this is dropped; it reconnects and catches up
+CLIENT_BUFFER = 1000  # a client caught up and further behind than this is let go; it reconnects and catches up
 FOLLOW_PREFETCH = 1000
 REPLAY_PREFETCH = 500
 RECENT_IDS = 1000
