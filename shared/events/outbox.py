@@ -15,7 +15,7 @@ from .catalog import route_of
 from .envelope import Envelope
 from .errors import DatabaseUnavailable, PublishFailed
 from .metrics import Metrics
-from .publisher import Publisher, build_message
+from .publisher import Outgoing, Publisher, build_message
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,14 @@ async def backlog(conn: asyncpg.Connection) -> tuple[int, float]:
     return count, float(oldest or 0.0)
 
 
+def _outgoing(row: asyncpg.Record) -> tuple[str, str, Outgoing]:
+    message = build_message(
+        body=row["body"].encode(), event_id=str(row["event_id"]), event_type=row["event_type"],
+        correlation_id=row["correlation_id"], occurred_at=row["occurred_at"], headers=json.loads(row["headers"]),
+    )
+    return row["exchange"], row["routing_key"], message
+
+
 class Relay:
     """Publishes a service's outbox rows, deleting each only after its own confirm."""
 
@@ -96,28 +104,18 @@ class Relay:
             rows = await conn.fetch(_CLAIM, self._batch_size)
             if not rows:
                 return 0, 0
-            # Publish the batch together, but delete only the rows whose own confirm arrived.
-            results = await asyncio.gather(*(self._publish_row(r) for r in rows), return_exceptions=True)
-            settled = [r["seq"] for r, res in zip(rows, results, strict=True) if res is None]
-            for row, res in zip(rows, results, strict=True):
-                if isinstance(res, PublishFailed) and res.reason == "unroutable":
-                    await conn.execute(_PARK, row["seq"], str(res))
+            failures = await self._publisher.send_many([_outgoing(r) for r in rows])
+            # Delete only the rows whose own confirm arrived.
+            settled = [r["seq"] for r, failure in zip(rows, failures, strict=True) if failure is None]
+            for row, failure in zip(rows, failures, strict=True):
+                if failure is not None and failure.reason == "unroutable":
+                    await conn.execute(_PARK, row["seq"], str(failure))
                     self._metrics.dead_letters.labels(self._metrics.service, "outbox", "unroutable").inc()
                     log.error("unroutable event parked", extra={"event_id": str(row["event_id"]),
-                                                                "event": row["event_type"], "error": str(res)})
+                                                                "event": row["event_type"], "error": str(failure)})
                     settled.append(row["seq"])
-                elif isinstance(res, BaseException) and not isinstance(res, PublishFailed):
-                    raise res
             await conn.execute(_DELETE, settled)
             return len(settled), len(rows)
-
-    async def _publish_row(self, row: asyncpg.Record) -> None:
-        message = build_message(
-            body=row["body"].encode(), event_id=str(row["event_id"]), event_type=row["event_type"],
-            correlation_id=row["correlation_id"], occurred_at=row["occurred_at"],
-            headers=json.loads(row["headers"]),
-        )
-        await self._publisher.send(row["exchange"], row["routing_key"], message)
 
     def wake(self) -> None:
         """Drain now (the broker is back, say) instead of at the next poll."""

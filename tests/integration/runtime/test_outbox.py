@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 import asyncpg
 
 from shared.events import db, deadletters, outbox
-from shared.events.catalog import QueueClosed, decode
+from shared.events.catalog import Patient, QueueClosed, TurnReached, decode, route_of
 from shared.events.envelope import Envelope
 from shared.events.errors import PublishFailed
 from shared.events.metrics import Metrics
 from shared.events.outbox import Relay
+from shared.events.publisher import build_message
 from shared.events.runtime import METRICS, ServiceSpec, serve
 from tests.support import Listener, eventually
 
@@ -73,8 +74,8 @@ class _CrashingPublisher:
     def __init__(self, real):
         self.real = real
 
-    async def send(self, exchange, routing_key, message):
-        await self.real.send(exchange, routing_key, message)
+    async def send_many(self, messages):
+        await self.real.send_many(messages)
         raise _KilledAfterPublish
 
 
@@ -128,6 +129,39 @@ async def test_unroutable_event_is_an_error_not_a_silent_drop(isolated):
             assert "unroutable" in str(exc)
         else:
             raise AssertionError("an unroutable publish was confirmed as if delivered")
+
+
+async def test_a_batch_goes_out_in_order_and_each_message_gets_its_own_outcome(isolated):
+    # One write carries the whole batch: bodies longer than a frame are split, and a message nothing is
+    # bound for fails alone.
+    big = [Envelope.new(TurnReached(department="OPD", department_name="x" * 300_000, ticket=f"OPD-{n:03d}",
+                                    ticket_id=f"t-{n}", patient=Patient(chat_id="212600000000@c.us")),
+                        tenant_id="clinic-a") for n in range(3)]
+    small = [turn(n) for n in range(100, 150)]
+    nobody_listens = Envelope.new(
+        QueueClosed(department="OPD", department_name="Outpatients", closed_at=datetime.now(UTC),
+                    closed_by="nurse"), tenant_id="clinic-a")
+    batch = [big[0], *small[:25], nobody_listens, big[1], *small[25:], big[2]]
+    async with serve(isolated.settings(), SCHEDULER), publisher(isolated.amqp_url) as pub, \
+            Listener(isolated.amqp_url, "wabus.scheduler", ["turn.reached"]) as listener:
+        failures = await pub.send_many([(*_route(e), _message(e)) for e in batch])
+        await listener.wait_for(len(batch) - 1)
+
+    assert [f.reason if f else None for f in failures] == [
+        "unroutable" if e is nobody_listens else None for e in batch]
+    assert [m.message_id for m in listener.messages] == [str(e.id) for e in batch if e is not nobody_listens]
+    assert decode(listener.messages[0].body) == big[0]
+
+
+def _route(envelope: Envelope) -> tuple[str, str]:
+    route = route_of(envelope.type, envelope.version)
+    return route.exchange, route.routing_key
+
+
+def _message(envelope: Envelope):
+    return build_message(body=envelope.encode(), event_id=str(envelope.id), event_type=envelope.type,
+                         correlation_id=envelope.correlation_id, occurred_at=envelope.occurred_at,
+                         headers=envelope.headers())
 
 
 async def test_a_notify_wakes_the_relay_without_waiting_for_its_poll(isolated):
