@@ -6,7 +6,9 @@ A new event, or a new version of one, enters here and in docs/events.md first.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
@@ -395,8 +397,30 @@ def route_of(event_type: str, version: int) -> Route:
     return route
 
 
+# How wabus itself writes an envelope's start. Read from there, the type is known before the body is parsed,
+# and pydantic parses the JSON itself, about three times faster than json.loads and a validation of the dict.
+_HEAD = re.compile(rb'\{"id":"[^"\\]*","type":"([^"\\]+)","version":(\d{1,9}),')
+
+
+@functools.cache
+def _envelope_of(model: type[Event]) -> type[Envelope]:
+    return Envelope[model]  # type: ignore[valid-type]  # parametrising on every call costs a few µs
+
+
 def decode(body: bytes | str) -> Envelope:
     """Parse an envelope into its typed model, or say exactly why it cannot be."""
+    head = _HEAD.match(body) if isinstance(body, bytes) else None
+    if head is not None:
+        event_type, version = head[1].decode(), int(head[2])
+        route = CATALOG.get((event_type, version))
+        if route is not None:
+            try:
+                envelope = _envelope_of(route.model).model_validate_json(body)
+            except ValidationError:
+                pass  # the full parse below says what is wrong
+            else:
+                if envelope.type == event_type and envelope.version == version:
+                    return envelope
     try:
         raw: Any = json.loads(body)
     except ValueError as exc:
@@ -410,7 +434,7 @@ def decode(body: bytes | str) -> Envelope:
         raise UnsupportedEventVersion(event_type, version, [])
     route = route_of(event_type, version)
     try:
-        return Envelope[route.model].model_validate(raw)  # type: ignore[name-defined]
+        return _envelope_of(route.model).model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -142,6 +142,18 @@ def test_invalid_payload_names_the_field():
         decode(raw.replace(b'"ticket": "OPD-012", ', b""))
 
 
+def test_a_body_in_wabus_own_layout_is_checked_as_thoroughly():
+    # wabus's own bodies take a shorter way in (their type is read from where wabus writes it).
+    compact = Envelope.new(TURN, tenant_id="clinic-a", occurred_at=AT).encode()
+    with pytest.raises(InvalidEvent, match="data.ticket"):
+        decode(compact.replace(b'"ticket":"OPD-012",', b""))
+    with pytest.raises(InvalidEvent, match="tenant_id"):
+        decode(compact.replace(b'"tenant_id":"clinic-a"', b'"tenant_id":"Clinic A!"'))
+    # A later "type" overrides the first one in JSON: the later one decides, as in the full parse.
+    with pytest.raises(UnknownEventType):
+        decode(compact[:-1] + b',"type":"turn.vanished"}')
+
+
 def test_bad_tenant_is_invalid():
     with pytest.raises(InvalidEvent, match="tenant_id"):
         decode(_body(tenant_id="Clinic A!"))
