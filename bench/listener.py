@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from multiprocessing.connection import Connection
 
-import aio_pika
+import aiormq
 import uvloop
 
 EXCHANGE = "wabus.processor"
@@ -33,24 +33,26 @@ async def _listen(amqp_url: str, run_prefix: str, conn: Connection, lifetime_s: 
     expected: set[str] = set()
     per_phase: Counter[str] = Counter()
     others = 0
-    connection = await aio_pika.connect(amqp_url, timeout=10)
+    # aiormq rather than aio-pika: the listener shares the machine with what it measures, and aio-pika
+    # wraps every delivery in an object of its own.
+    connection = await asyncio.wait_for(aiormq.connect(amqp_url), timeout=10)
     try:
         channel = await connection.channel()
-        await channel.set_qos(prefetch_count=2000)
-        queue = await channel.declare_queue("", exclusive=True, auto_delete=True, durable=False)
-        await queue.bind(EXCHANGE, routing_key=ROUTING_KEY)
+        await channel.basic_qos(prefetch_count=2000)
+        declared = await channel.queue_declare("", exclusive=True, auto_delete=True, durable=False)
+        await channel.queue_bind(declared.queue, EXCHANGE, routing_key=ROUTING_KEY)
 
-        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
             nonlocal others
             at = time.perf_counter()
-            pid = json.loads(message.body)["data"]["message"]["provider_message_id"]
+            pid = _provider_message_id(message.body)
             if pid.startswith(run_prefix) and pid not in arrived:
                 arrived[pid] = at
                 per_phase[pid[len(run_prefix)]] += 1
             else:
                 others += 1
 
-        await queue.consume(on_message, no_ack=True)
+        await channel.basic_consume(declared.queue, on_message, no_ack=True)
         conn.send("ready")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + lifetime_s  # bounded even if the parent never says stop
@@ -70,6 +72,19 @@ async def _listen(amqp_url: str, run_prefix: str, conn: Connection, lifetime_s: 
         with contextlib.suppress(Exception):
             await connection.close()
     conn.send({"arrived": arrived, "others": others})
+
+
+_ID_KEY = b'"provider_message_id":"'
+
+
+def _provider_message_id(body: bytes) -> str:
+    # The first such key is the message's own (the envelope's data starts with it): found without decoding
+    # the whole body.
+    start = body.find(_ID_KEY)
+    if start >= 0:
+        start += len(_ID_KEY)
+        return body[start:body.index(b'"', start)].decode()
+    return json.loads(body)["data"]["message"]["provider_message_id"]
 
 
 def _poll(conn: Connection):
