@@ -33,8 +33,11 @@ class _Pending(Generic[T, R]):
 class GroupCommit(Generic[T, R]):
     def __init__(self, pool: asyncpg.Pool, apply: Callable[[asyncpg.Connection, list[T]], Awaitable[list[R]]], *,
                  max_batch: int = 1000, acquire_timeout_s: float = 10.0, outage_backoff_s: float | None = None,
-                 stopping: asyncio.Event | None = None):
+                 stopping: asyncio.Event | None = None, transaction: bool = True):
         self._pool = pool
+        # Unset: `apply` gets a connection outside any transaction, for work done in one statement (a
+        # transaction's BEGIN and COMMIT are two more round trips) or that opens its own.
+        self._transaction = transaction
         self._acquire_timeout_s = acquire_timeout_s
         # Set: an unreachable database holds the batch, tried again until it answers (or `stopping`),
         # so that no later batch commits before it. Unset: the callers get DatabaseUnavailable at once.
@@ -96,7 +99,8 @@ class GroupCommit(Generic[T, R]):
     async def _commit(self, items: list[T]) -> list[R]:
         while True:
             try:
-                async with db.transaction(self._pool, acquire_timeout=self._acquire_timeout_s) as conn:
+                async with db.connection(self._pool, acquire_timeout=self._acquire_timeout_s,
+                                         transaction=self._transaction) as conn:
                     return await self._apply(conn, items)
             except DatabaseUnavailable:
                 if self._outage_backoff_s is None or (self._stopping is not None and self._stopping.is_set()):

@@ -77,14 +77,19 @@ async def let_go(conn: asyncpg.Connection) -> None:
 
 
 @contextlib.asynccontextmanager
-async def transaction(pool: asyncpg.Pool, *, acquire_timeout: float = 10.0) -> AsyncIterator[asyncpg.Connection]:
-    """One transaction; an unreachable database surfaces as DatabaseUnavailable."""
+async def connection(pool: asyncpg.Pool, *, acquire_timeout: float = 10.0,
+                     transaction: bool = False) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection, in one transaction if asked; an unreachable database surfaces as
+    DatabaseUnavailable. Without a transaction each statement commits on its own."""
     try:
         conn = await pool.acquire(timeout=acquire_timeout)
     except (*CONNECTION_ERRORS, OSError, TimeoutError) as exc:
         raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
     try:
-        async with conn.transaction():
+        if transaction:
+            async with conn.transaction():
+                yield conn
+        else:
             yield conn
     except Exception as exc:
         # A connection lost mid-transaction mostly surfaces as asyncpg's InterfaceError (on the next
@@ -94,3 +99,9 @@ async def transaction(pool: asyncpg.Pool, *, acquire_timeout: float = 10.0) -> A
         raise
     finally:
         await pool.release(conn)
+
+
+def transaction(pool: asyncpg.Pool, *, acquire_timeout: float = 10.0
+                ) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+    """One transaction; an unreachable database surfaces as DatabaseUnavailable."""
+    return connection(pool, acquire_timeout=acquire_timeout, transaction=True)

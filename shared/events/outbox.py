@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -47,15 +49,43 @@ _BACKLOG = "SELECT count(*), extract(epoch FROM clock_timestamp() - min(created_
 async def add(conn: asyncpg.Connection, envelopes: Iterable[Envelope]) -> None:
     """Write events in the caller's transaction: they are published only if it commits."""
     rows = list(envelopes)
-    if not rows:
-        return
+    if rows:
+        await conn.execute(_INSERT, *_columns(rows))
+
+
+async def add_admitted(conn: asyncpg.Connection, envelopes: Sequence[Envelope], admit: str,
+                       *admit_args: Any) -> set[UUID]:
+    """Write the events that `admit` lets through, in one statement with it, and return their ids.
+
+    `admit` is a data-modifying query returning `event_id` (a dedupe insert, say). It reads the events'
+    ids, in order, as $1 and takes its own arguments from $9 on. One statement commits on its own: the
+    events are published only if what `admit` wrote is kept, with no transaction round trips around it.
+    """
+    if not envelopes:
+        return set()
+    rows = await conn.fetch(_INSERT_ADMITTED.format(admit=admit), *_columns(envelopes), *admit_args)
+    return {r["event_id"] for r in rows}
+
+
+_INSERT_ADMITTED = """
+WITH admitted AS ({admit})
+INSERT INTO outbox (event_id, event_type, correlation_id, occurred_at, exchange, routing_key, body, headers)
+SELECT e.event_id, e.event_type, e.correlation_id, e.occurred_at, e.exchange, e.routing_key, e.body, e.headers
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[], $8::jsonb[])
+     WITH ORDINALITY AS e(event_id, event_type, correlation_id, occurred_at, exchange, routing_key, body, headers, n)
+WHERE e.event_id IN (SELECT event_id FROM admitted)
+ORDER BY e.n
+RETURNING event_id
+"""
+
+
+def _columns(rows: Sequence[Envelope]) -> list[list[Any]]:
     routes = [route_of(e.type, e.version) for e in rows]
-    await conn.execute(
-        _INSERT,
+    return [
         [e.id for e in rows], [e.type for e in rows], [e.correlation_id for e in rows],
         [e.occurred_at for e in rows], [r.exchange for r in routes], [r.routing_key for r in routes],
         [e.model_dump_json() for e in rows], [json.dumps(e.headers()) for e in rows],
-    )
+    ]
 
 
 async def backlog(conn: asyncpg.Connection) -> tuple[int, float]:
