@@ -16,7 +16,8 @@ from .settings import GatewaySettings
 
 def build(common: CommonSettings, own: GatewaySettings) -> ServiceSpec:
     async def gateway(app: web.Application) -> AsyncIterator[None]:
-        commit = GroupCommit(app[POOL], record_webhooks, max_batch=own.max_batch, acquire_timeout_s=2.0)
+        commit = GroupCommit(app[POOL], record_webhooks, max_batch=own.max_batch, acquire_timeout_s=2.0,
+                             transaction=False)
         app[api.GATEWAY] = api.Gateway(
             settings=own, tenants=tenant_directory(app[POOL], own.tenant_cache_s), commit=commit,
             metrics=api.WebhookMetrics(app[METRICS].registry),

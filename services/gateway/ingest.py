@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,7 +25,10 @@ class Incoming:
 
 
 async def record_webhooks(conn: asyncpg.Connection, items: list[Incoming]) -> list[bool]:
-    """Store what is new and queue its event; True per item kept now, False for a repeat."""
+    """Store what is new and queue its event; True per item kept now, False for a repeat.
+
+    Runs outside a transaction (GroupCommit's `transaction=False`) and opens one only where it writes twice.
+    """
     lid_phones = await _lid_phones(conn, items)
     first: dict[tuple[str, str, str], Envelope] = {}
     for item in items:
@@ -33,17 +37,18 @@ async def record_webhooks(conn: asyncpg.Connection, items: list[Incoming]) -> li
             event = _resolve_lid(item.accepted.event, lid_phones.get(item.tenant.id, {}))
             first[key] = Envelope.new(event, tenant_id=item.tenant.id, occurred_at=item.received_at)
     keys = list(first)
-    inserted = await conn.fetch(
-        repository.INSERT_RECEIVED,
-        [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [first[k].id for k in keys],
-    )
-    new = {(r["tenant_id"], r["provider"], r["dedupe_key"]) for r in inserted}
-    await outbox.add(conn, [first[k] for k in keys if k in new])
     # Once per LID: an upsert may not touch one row twice (a message and its message.any copy both tell).
     learned = {(i.tenant.id, i.accepted.lid): i.accepted.lid_phone for i in items if i.accepted.lid and i.accepted.lid_phone}
-    if learned:
-        await conn.execute(repository.REMEMBER_LID_PHONES, [k[0] for k in learned], [k[1] for k in learned],
-                           list(learned.values()))
+    # Usually one statement, which commits on its own; what a batch teaches about LIDs commits with it.
+    async with conn.transaction() if learned else contextlib.nullcontext():
+        admitted = await outbox.add_admitted(
+            conn, [first[k] for k in keys], repository.INSERT_RECEIVED,
+            [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+        )
+        if learned:
+            await conn.execute(repository.REMEMBER_LID_PHONES, [k[0] for k in learned], [k[1] for k in learned],
+                               list(learned.values()))
+    new = {k for k in keys if first[k].id in admitted}
 
     results = []
     for item in items:

@@ -62,11 +62,12 @@ def tenant_directory(pool: asyncpg.Pool, ttl_s: float) -> ReadThrough[str, Tenan
     return ReadThrough(load, ttl_s)
 
 
+# Admits the events of what is new (outbox.add_admitted): $1 holds their ids, $9 on the keys.
 INSERT_RECEIVED = """
 INSERT INTO received_webhooks (tenant_id, provider, dedupe_key, event_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[])
+SELECT * FROM unnest($9::text[], $10::text[], $11::text[], $1::uuid[])
 ON CONFLICT DO NOTHING
-RETURNING tenant_id, provider, dedupe_key
+RETURNING event_id
 """
 
 FIND_LID_PHONES = "SELECT lid, phone FROM lid_phones WHERE tenant_id = $1 AND lid = ANY($2::text[])"
