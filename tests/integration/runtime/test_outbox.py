@@ -164,6 +164,24 @@ def _message(envelope: Envelope):
                          headers=envelope.headers())
 
 
+async def test_events_admitted_in_the_same_statement_are_kept_in_order_and_only_those(isolated):
+    async with serve(isolated.settings(), SCHEDULER), Listener(isolated.amqp_url, "wabus.scheduler",
+                                                                 ["turn.reached"]) as listener:
+        pool = await _pool(isolated)
+        events = [turn(n) for n in range(12)]
+        admit = [n % 3 != 1 for n in range(12)]
+        async with pool.acquire() as conn:
+            admitted = await outbox.add_admitted(
+                conn, events, "SELECT event_id FROM unnest($1::uuid[], $9::bool[]) AS a(event_id, admit) WHERE admit",
+                admit)
+        await listener.wait_for(8)
+        await pool.close()
+
+    expected = [e for e, ok in zip(events, admit, strict=True) if ok]
+    assert admitted == {e.id for e in expected}
+    assert [m.message_id for m in listener.events()] == [str(e.id) for e in expected]
+
+
 async def test_a_notify_wakes_the_relay_without_waiting_for_its_poll(isolated):
     settings = isolated.settings(outbox_poll_interval_s=60.0)
     async with serve(settings, SCHEDULER), Listener(isolated.amqp_url, "wabus.scheduler",
