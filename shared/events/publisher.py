@@ -124,9 +124,8 @@ class Publisher:
             return self._failed("unroutable", f"unroutable: no queue bound to {exchange or '(default)'} {routing_key}")
         if isinstance(exc, aiormq.exceptions.DeliveryError):
             return self._failed("nack", f"broker refused {routing_key}")
-        if isinstance(exc, (*CHANNEL_GONE, asyncio.CancelledError)):
-            return self._failed("connection", f"broker unavailable: {exc!r}")
-        raise exc
+        # Anything else a confirmation holds is why its channel closed.
+        return self._failed("connection", f"broker unavailable: {exc!r}")
 
     def _failed(self, reason: str, description: str) -> PublishFailed:
         self._metrics.publish_failures.labels(self._service, reason).inc()
