@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -100,7 +102,8 @@ class Publisher:
         try:
             async with asyncio.timeout_at(deadline):
                 channel = await self._channel.get_underlay_channel()
-                confirmations = await _write(channel, messages)
+                confirmations, written = await _write(channel, messages)
+                await written  # a socket that takes no more holds the publisher back
         except TimeoutError:
             return [self._failed("timeout", f"no confirm within {self._timeout_s}s for {key}")
                     for _, key, _ in messages]
@@ -132,37 +135,48 @@ class Publisher:
         return PublishFailed(description, reason=reason)
 
 
-async def _write(channel: aiormq.Channel, messages: Sequence[tuple[str, str, Outgoing]]) -> list[asyncio.Future]:
-    """Queue the messages as one frame write and register a confirmation for each.
+async def _write(channel: aiormq.Channel, messages: Sequence[tuple[str, str, Outgoing]]
+                 ) -> tuple[list[asyncio.Future], asyncio.Future]:
+    """Queue the messages as one frame write and register a confirmation for each; the second future is done
+    once the write is on the socket.
 
     aiormq's basic_publish writes every message on its own, and on loopback each socket write costs about what
     the rest of a publish does. This does what it does for the pinned aiormq (delivery tags, confirmations,
     message ids for returns), for many messages at once.
     """
     frames: list[Any] = []
+    headers: list[ContentHeader] = []
     for exchange, routing_key, message in messages:
         if len(routing_key) > 255:
             raise ValueError(f"routing key too long (max 255 bytes): {routing_key[:40]}…")
         body = message.body
+        properties = message.properties
+        if not properties.message_id:
+            # A returned message is matched to its publish by id: without one, it would count as confirmed.
+            properties = copy.copy(properties)
+            properties.message_id = uuid.uuid4().hex
+        headers.append(ContentHeader(body_size=len(body), properties=properties))
         frames.append(spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True))
-        frames.append(ContentHeader(body_size=len(body), properties=message.properties))
+        frames.append(headers[-1])
         size = channel.max_content_size
         frames.extend(ContentBody(body[start:start + size]) for start in range(0, len(body), size))
+    written = channel.create_future()
     async with channel.lock:
-        await channel.write_queue.put(ChannelFrame.marshall(channel_number=channel.number, frames=frames))
+        await channel.write_queue.put(ChannelFrame.marshall(channel_number=channel.number, frames=frames,
+                                                            drain_future=written))
         # The broker numbers publishes on a channel from 1; no confirm can arrive before the write above runs,
         # and nothing is awaited between here and the registrations.
         first = channel.delivery_tag + 1
         channel.delivery_tag += len(messages)
         confirmations = []
-        for tag, (_, _, message) in enumerate(messages, start=first):
+        for tag, header in zip(range(first, first + len(messages)), headers, strict=True):
             confirmation = channel.create_future()
             channel.confirmations[tag] = confirmation
-            message_id = message.properties.message_id
+            message_id = header.properties.message_id
             channel.message_id_delivery_tag[message_id] = tag  # a returned message names its id, not its tag
             confirmation.add_done_callback(functools.partial(_forget, channel, message_id, tag))
             confirmations.append(confirmation)
-    return confirmations
+    return confirmations, written
 
 
 def _forget(channel: aiormq.Channel, message_id: str, tag: int, _: asyncio.Future) -> None:

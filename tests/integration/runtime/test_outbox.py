@@ -131,6 +131,19 @@ async def test_unroutable_event_is_an_error_not_a_silent_drop(isolated):
             raise AssertionError("an unroutable publish was confirmed as if delivered")
 
 
+async def test_an_unroutable_message_without_an_id_is_still_an_error(isolated):
+    # A broker's return names the message by its id; a replayed failed event may have none.
+    anonymous = build_message(body=b"{}", event_id="", event_type="turn.reached", correlation_id=None,
+                              occurred_at=None)
+    async with serve(isolated.settings(), SCHEDULER), publisher(isolated.amqp_url) as pub:
+        try:
+            await pub.send("wabus.scheduler", "turn.reached", anonymous)
+        except PublishFailed as exc:
+            assert exc.reason == "unroutable"
+        else:
+            raise AssertionError("an unroutable publish was confirmed as if delivered")
+
+
 async def test_a_batch_goes_out_in_order_and_each_message_gets_its_own_outcome(isolated):
     # One write carries the whole batch: bodies longer than a frame are split, and a message nothing is
     # bound for fails alone.
