@@ -399,7 +399,7 @@ def route_of(event_type: str, version: int) -> Route:
 
 # How wabus itself writes an envelope's start. Read from there, the type is known before the body is parsed,
 # and pydantic parses the JSON itself, about three times faster than json.loads and a validation of the dict.
-_HEAD = re.compile(rb'\{"id":"[^"\\]*","type":"([^"\\]+)","version":(\d{1,9}),')
+_HEAD = re.compile(rb'\{"id":"[^"\\]*","type":"([a-z0-9._-]{1,100})","version":(\d{1,9}),')
 
 
 @functools.cache

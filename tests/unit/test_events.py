@@ -149,6 +149,8 @@ def test_a_body_in_wabus_own_layout_is_checked_as_thoroughly():
         decode(compact.replace(b'"ticket":"OPD-012",', b""))
     with pytest.raises(InvalidEvent, match="tenant_id"):
         decode(compact.replace(b'"tenant_id":"clinic-a"', b'"tenant_id":"Clinic A!"'))
+    with pytest.raises(InvalidEvent, match="not JSON"):
+        decode(b'{"id":"","type":"\xff","version":1,"data":{}}')
     # A later "type" overrides the first one in JSON: the later one decides, as in the full parse.
     with pytest.raises(UnknownEventType):
         decode(compact[:-1] + b',"type":"turn.vanished"}')
