@@ -58,8 +58,8 @@ async def add_admitted(conn: asyncpg.Connection, envelopes: Sequence[Envelope], 
     """Write the events that `admit` lets through, in one statement with it, and return their ids.
 
     `admit` is a data-modifying query returning `event_id` (a dedupe insert, say). It reads the events'
-    ids, in order, as $1 and takes its own arguments from $9 on. One statement commits on its own: the
-    events are published only if what `admit` wrote is kept, with no transaction round trips around it.
+    ids, in order, as $1 and takes its own arguments from $9 on. The events are kept exactly when what
+    `admit` wrote is: outside a transaction the statement commits on its own, with no round trips for one.
     """
     if not envelopes:
         return set()
