@@ -5,11 +5,12 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from shared.events.jobs import Periodic
 from shared.events.runtime import METRICS, POOL, STOPPING, ServiceSpec
 from shared.events.settings import CommonSettings
 from shared.events.topology import Subscription
 
-from . import api, handlers
+from . import api, handlers, jobs
 from .numbers import Numbers
 from .providers import build_provider
 from .sending import Sender, SenderMetrics
@@ -57,4 +58,5 @@ def build(common: CommonSettings, own: NotifierSettings) -> ServiceSpec:
         ],
         routes=api.routes,
         contexts=[sending],
+        jobs=[Periodic("prune_idempotency_keys", 3600.0, jobs.prune_idempotency_keys(own.idempotency_retention_h))],
     )

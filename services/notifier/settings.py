@@ -1,4 +1,6 @@
-from pydantic import AliasChoices, Field
+from typing import Self
+
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.events.catalog import Provider
@@ -40,4 +42,13 @@ class NotifierSettings(BaseSettings):
     # WABUS_DB_COMMAND_TIMEOUT_S, 30 s; a connection is waited for 10 s; the status check 2 s; a stopping
     # service lets requests finish for 20 s). A live request overtaken anyway answers 409 and changes nothing.
     idempotency_pending_s: float = Field(120.0, gt=0)
+    # Then a key is forgotten, answered or not, and may be used again for a new request (Stripe: 24 h).
+    idempotency_retention_h: float = Field(24.0, gt=0)
     gauges_every_s: float = Field(15.0, gt=0)
+
+    @model_validator(mode="after")
+    def _keys_outlive_their_requests(self) -> Self:
+        # A key pruned while its request still runs would let a retry make a second broadcast.
+        if self.idempotency_retention_h * 3600 <= 2 * self.idempotency_pending_s:
+            raise ValueError("idempotency_retention_h must be more than twice idempotency_pending_s")
+        return self

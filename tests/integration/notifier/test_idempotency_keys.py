@@ -5,7 +5,15 @@ import asyncio
 import hashlib
 import json
 import uuid
+from datetime import UTC, datetime
 
+import asyncpg
+import pytest
+from pydantic import ValidationError
+
+from services.notifier import jobs
+from services.notifier.settings import NotifierSettings
+from shared.events.jobs import Tick
 from tests.integration.notifications.conftest import TENANT, notifier_with_fake
 from tests.support import eventually
 
@@ -91,3 +99,31 @@ async def test_a_slow_first_request_overtaken_by_a_retry_gives_one_broadcast(iso
         assert retry[0] == 202 and not retry[2], retry
         assert first[0] == 409 and first[1]["field"] == "Idempotency-Key", first
         assert await _broadcast_ids(n) == [retry[1]["broadcast_id"]]
+
+
+async def test_a_key_past_its_retention_is_forgotten_and_may_start_a_new_request(isolated):
+    async with notifier_with_fake(isolated, idempotency_retention_h=24, duplicate_window_s=0) as n:
+        old, recent = str(uuid.uuid4()), str(uuid.uuid4())
+        for key in (old, recent):
+            status, answer, _ = await _post(n, key)
+            assert status == 202, answer
+        await n.rows("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1", old)
+
+        conn = await asyncpg.connect(n.database_url, server_settings={"search_path": "notifier"})
+        try:
+            await jobs.prune_idempotency_keys(24)(Tick(datetime.now(UTC), None, 0, 1), conn)
+        finally:
+            await conn.close()
+        assert [r["key"] for r in await n.rows("SELECT key FROM idempotency_keys")] == [recent]
+
+        # The forgotten key with another body is a new request, not a 422; the kept one still refuses it.
+        other = json.dumps({"message": "Clinic open Saturday", "recipients": ["+212693955201"]}).encode()
+        status, answer, replayed = await _post(n, old, other)
+        assert status == 202 and not replayed, answer
+        status, answer, _ = await _post(n, recent, other)
+        assert status == 422 and answer["field"] == "Idempotency-Key", answer
+
+
+def test_keys_must_outlive_the_requests_that_hold_them():
+    with pytest.raises(ValidationError, match="idempotency_retention_h"):
+        NotifierSettings(idempotency_pending_s=120, idempotency_retention_h=0.05)
