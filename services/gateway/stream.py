@@ -45,6 +45,8 @@ FOLLOWED = {
     "wabus.notifier": ("notification.status", "broadcast.status"),
 }
 TOPICS = tuple(topic for topics in FOLLOWED.values() for topic in topics)
+# Given, whatever the topics asked for, to a client whose last id is older than what the log still holds.
+GAP_TOPIC = "stream.gap"
 # Where older gateways kept these events on their way into PostgreSQL; nothing reads them now.
 _RETIRED = ("gateway.stream.processor", "gateway.stream.scheduler", "gateway.stream.notifier")
 # Retention drops whole segments: small ones let old events go close to on time.
@@ -96,6 +98,12 @@ class Item:
     topic: str
     department: str | None
     event: dict
+
+    @classmethod
+    def gap(cls, tenant_id: str, first: int, last: int) -> Item:
+        """The events from `first` to `last` are gone from the log; its id is the last of them."""
+        return cls(last, f"gap:{first}-{last}", tenant_id, GAP_TOPIC, None,
+                   {"missed_from": str(first), "missed_to": str(last)})
 
     @property
     def id(self) -> str:
@@ -468,9 +476,14 @@ class StreamHub:
                     client.catch_up_to(item)
 
     async def _replay(self, client: Client, reader: _Reader) -> None:
+        first = True
         try:
             while (message := await reader.inbox.get()) is not None:
                 offset = int(message.headers["x-stream-offset"])
+                if first and offset > client.replay_next:
+                    # The log starts after the client's id: retention dropped what it missed. Said, not skipped.
+                    await client.replayed.put(Item.gap(client.tenant_id, client.replay_next, offset - 1))
+                first = False
                 if client.live_from is not None and offset >= client.live_from:
                     client.caught_up = True
                     return

@@ -1,10 +1,12 @@
 """A browser's client of the stream: its catch-up and the hub's events meet without a gap or a repeat."""
 
 import asyncio
+import json
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from services.gateway.stream import Client, Filter, Item, parse_id
+from services.gateway.stream import GAP_TOPIC, Client, Filter, Item, StreamHub, _Reader, parse_id
 
 
 def _item(offset: int, event_id: str | None = None, tenant: str = "t1") -> Item:
@@ -86,3 +88,44 @@ async def test_a_client_still_catching_up_is_not_cut_loose_when_the_hubs_events_
     # The catch-up now reads on to 12 (10 and 11 included); the hub's events start at 12.
     assert client.live_from == 12 and not client.caught_up
     assert [client.queue.get_nowait().offset] == [12]
+
+
+class _Delivered:
+    """What a catch-up reads from the log: its offset header, an event body, an ack."""
+
+    def __init__(self, offset: int, tenant: str = "t1"):
+        self.headers = {"x-stream-offset": offset}
+        self.body = json.dumps({"id": f"e{offset}", "tenant_id": tenant, "type": "message.processed",
+                                "data": {}}).encode()
+
+    async def ack(self) -> None:
+        pass
+
+
+async def _replayed(last_id: str, offsets: list[int]) -> list[tuple[int, str]]:
+    hub = StreamHub("amqp://unused", CollectorRegistry())
+    client = _client(last_id)
+    reader = _Reader(channel=None, queue=None, consumer_tag="", inbox=asyncio.Queue())
+    for offset in offsets:
+        reader.inbox.put_nowait(_Delivered(offset))
+    client.met_the_hub(offsets[-1] + 1)  # the hub's events take over after the last of them
+    reader.inbox.put_nowait(_Delivered(offsets[-1] + 1))
+    await hub._replay(client, reader)
+    given = []
+    while not client.replayed.empty():
+        item = client.replayed.get_nowait()
+        given.append((item.offset, item.topic))
+    return given
+
+
+async def test_a_catch_up_from_an_id_older_than_the_log_says_what_was_dropped():
+    given = await _replayed("4", [40, 41])
+    assert given == [(39, GAP_TOPIC), (40, "message.processed"), (41, "message.processed")]
+    gap = Item.gap("t1", 5, 39)
+    assert gap.id == "39" and json.loads(gap.body) == {"missed_from": "5", "missed_to": "39"}
+
+
+async def test_a_catch_up_the_log_still_holds_has_no_gap():
+    # The broker starts a reader at its chunk's first offset: events before the id come first, and are no gap.
+    assert await _replayed("4", [3, 4, 5, 6]) == [(o, "message.processed") for o in (3, 4, 5, 6)]
+    assert await _replayed("4", [5, 6]) == [(5, "message.processed"), (6, "message.processed")]
