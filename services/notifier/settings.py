@@ -48,7 +48,7 @@ class NotifierSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _keys_outlive_their_requests(self) -> Self:
-        # A key pruned while its request still runs would let a retry make a second broadcast.
+        # A key pruned while its request still runs would turn that request into a 409: keep a wide margin.
         if self.idempotency_retention_h * 3600 <= 2 * self.idempotency_pending_s:
             raise ValueError("idempotency_retention_h must be more than twice idempotency_pending_s")
         return self

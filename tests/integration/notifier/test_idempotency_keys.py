@@ -11,9 +11,11 @@ import asyncpg
 import pytest
 from pydantic import ValidationError
 
+from services.notifier import app as notifier_app
 from services.notifier import jobs
 from services.notifier.settings import NotifierSettings
 from shared.events.jobs import Tick
+from shared.events.settings import CommonSettings
 from tests.integration.notifications.conftest import TENANT, notifier_with_fake
 from tests.support import eventually
 
@@ -122,6 +124,11 @@ async def test_a_key_past_its_retention_is_forgotten_and_may_start_a_new_request
         assert status == 202 and not replayed, answer
         status, answer, _ = await _post(n, recent, other)
         assert status == 422 and answer["field"] == "Idempotency-Key", answer
+
+
+def test_the_notifier_prunes_its_keys_every_hour():
+    spec = notifier_app.build(CommonSettings(), NotifierSettings())
+    assert [(j.name, j.every_s) for j in spec.jobs] == [("prune_idempotency_keys", 3600.0)]
 
 
 def test_keys_must_outlive_the_requests_that_hold_them():

@@ -102,7 +102,8 @@ class _Delivered:
         pass
 
 
-async def _replayed(last_id: str, offsets: list[int]) -> list[tuple[int, str]]:
+async def _replayed_into(last_id: str, offsets: list[int]) -> Client:
+    """A client after its catch-up read these offsets and met the hub right after the last."""
     hub = StreamHub("amqp://unused", CollectorRegistry())
     client = _client(last_id)
     reader = _Reader(channel=None, queue=None, consumer_tag="", inbox=asyncio.Queue())
@@ -111,6 +112,11 @@ async def _replayed(last_id: str, offsets: list[int]) -> list[tuple[int, str]]:
     client.met_the_hub(offsets[-1] + 1)  # the hub's events take over after the last of them
     reader.inbox.put_nowait(_Delivered(offsets[-1] + 1))
     await hub._replay(client, reader)
+    return client
+
+
+async def _replayed(last_id: str, offsets: list[int]) -> list[tuple[int, str]]:
+    client = await _replayed_into(last_id, offsets)
     given = []
     while not client.replayed.empty():
         item = client.replayed.get_nowait()
@@ -119,9 +125,13 @@ async def _replayed(last_id: str, offsets: list[int]) -> list[tuple[int, str]]:
 
 
 async def test_a_catch_up_from_an_id_older_than_the_log_says_what_was_dropped():
-    given = await _replayed("4", [40, 41])
-    assert given == [(39, GAP_TOPIC), (40, "message.processed"), (41, "message.processed")]
-    gap = Item.gap("t1", 5, 39)
+    client = await _replayed_into("4", [40, 41])
+    client.caught_up = True
+    given = [await client.next(0.05) for _ in range(3)]
+    assert [(i.offset, i.topic) for i in given] == [(39, GAP_TOPIC), (40, "message.processed"),
+                                                     (41, "message.processed")]
+    gap = given[0]
+    # Its id is the last one missed: a browser reconnecting with it resumes at the oldest event kept.
     assert gap.id == "39" and json.loads(gap.body) == {"missed_from": "5", "missed_to": "39"}
 
 
