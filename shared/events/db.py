@@ -46,8 +46,14 @@ async def create_pool(dsn: str, schema: str, *, min_size: int, max_size: int,
     )
 
 
-async def connect(dsn: str, schema: str, *, timeout: float) -> asyncpg.Connection:
-    return await asyncpg.connect(dsn, timeout=timeout, server_settings=server_settings(schema))
+async def connect(dsn: str, schema: str, *, timeout: float, command_timeout: float | None = None,
+                  plan_each_time: bool = False) -> asyncpg.Connection:
+    settings = server_settings(schema)
+    if plan_each_time:
+        # For a queue table, empty one moment and thousands of rows the next: a plan cached while it
+        # was empty reads the whole table on every statement once it has grown.
+        settings["plan_cache_mode"] = "force_custom_plan"
+    return await asyncpg.connect(dsn, timeout=timeout, command_timeout=command_timeout, server_settings=settings)
 
 
 # Session-level, keyed by schema and name: one holder per service and purpose.
@@ -86,19 +92,29 @@ async def connection(pool: asyncpg.Pool, *, acquire_timeout: float = 10.0,
     except (*CONNECTION_ERRORS, OSError, TimeoutError) as exc:
         raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
     try:
-        if transaction:
-            async with conn.transaction():
-                yield conn
-        else:
+        async with transaction_on(conn) if transaction else _outages_of(conn):
             yield conn
+    finally:
+        await pool.release(conn)
+
+
+@contextlib.asynccontextmanager
+async def transaction_on(conn: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    """One transaction on a connection the caller holds (a pooled one, or a lock holder's own)."""
+    async with _outages_of(conn), conn.transaction():
+        yield conn
+
+
+@contextlib.asynccontextmanager
+async def _outages_of(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    try:
+        yield
     except Exception as exc:
         # A connection lost mid-transaction mostly surfaces as asyncpg's InterfaceError (on the next
         # statement, or from the rollback), not as a connection error: a gone connection is the outage.
         if isinstance(exc, CONNECTION_ERRORS) or (isinstance(exc, asyncpg.InterfaceError) and _gone(conn)):
             raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
         raise
-    finally:
-        await pool.release(conn)
 
 
 def transaction(pool: asyncpg.Pool, *, acquire_timeout: float = 10.0

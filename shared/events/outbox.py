@@ -102,11 +102,14 @@ def _outgoing(row: asyncpg.Record) -> tuple[str, str, Outgoing]:
 
 
 class Relay:
-    """Publishes a service's outbox rows, deleting each only after its own confirm."""
+    """Publishes a service's outbox rows, deleting each only after its own confirm.
 
-    def __init__(self, *, pool: asyncpg.Pool, dsn: str, schema: str, publisher: Publisher, metrics: Metrics,
-                 batch_size: int, poll_interval_s: float, connect_timeout_s: float):
-        self._pool = pool
+    It works on a connection of its own, the one that holds the relay's lock and listens for NOTIFY:
+    only the lock holder publishes, and only while it holds the lock.
+    """
+
+    def __init__(self, *, dsn: str, schema: str, publisher: Publisher, metrics: Metrics, batch_size: int,
+                 poll_interval_s: float, connect_timeout_s: float, command_timeout_s: float):
         self._dsn = dsn
         self._schema = schema
         self._publisher = publisher
@@ -114,23 +117,27 @@ class Relay:
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._connect_timeout_s = connect_timeout_s
+        self._command_timeout_s = command_timeout_s
         self._wake = asyncio.Event()
-        self._listener: asyncpg.Connection | None = None
+        self._conn: asyncpg.Connection | None = None
         self._holds_lock = False
 
     async def drain(self) -> int:
-        """Publish until the outbox is empty or the broker fails; returns rows published."""
+        """Publish until the outbox is empty or the broker fails; returns rows published (none while
+        another relay of the service holds the lock, or the database is out of reach)."""
+        await self._ensure_connected()
         total = 0
-        while True:
-            published, claimed = await self._publish_batch()
+        while self._conn is not None and self.is_active:
+            published, claimed = await self._publish_batch(self._conn)
             total += published
             if published < claimed:
                 raise PublishFailed(f"{claimed - published} of {claimed} outbox rows not confirmed")
             if claimed < self._batch_size:
-                return total
+                break
+        return total
 
-    async def _publish_batch(self) -> tuple[int, int]:
-        async with db.transaction(self._pool) as conn:
+    async def _publish_batch(self, conn: asyncpg.Connection) -> tuple[int, int]:
+        async with db.transaction_on(conn):
             rows = await conn.fetch(_CLAIM, self._batch_size)
             if not rows:
                 return 0, 0
@@ -153,16 +160,14 @@ class Relay:
 
     @property
     def is_active(self) -> bool:
-        return self._listener is not None and not self._listener.is_closed() and self._holds_lock
+        return self._conn is not None and not self._conn.is_closed() and self._holds_lock
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Drain on every NOTIFY, and on a poll in case a notification was missed."""
         failures = 0
         while not stopping.is_set():
-            await self._ensure_listening()
             try:
-                if self.is_active:
-                    await self.drain()
+                await self.drain()
                 failures = 0
             except (PublishFailed, DatabaseUnavailable) as exc:
                 failures += 1
@@ -178,25 +183,26 @@ class Relay:
             stopper.cancel()
             self._wake.clear()
 
-    async def _ensure_listening(self) -> None:
+    async def _ensure_connected(self) -> None:
         try:
-            if self._listener is None or self._listener.is_closed():
+            if self._conn is None or self._conn.is_closed():
                 self._holds_lock = False
-                self._listener = await db.connect(self._dsn, self._schema, timeout=self._connect_timeout_s)
-                await self._listener.add_listener(f"{self._schema}.outbox", lambda *_: self._wake.set())
+                self._conn = await db.connect(self._dsn, self._schema, timeout=self._connect_timeout_s,
+                                              command_timeout=self._command_timeout_s, plan_each_time=True)
+                await self._conn.add_listener(f"{self._schema}.outbox", lambda *_: self._wake.set())
             if not self._holds_lock:
                 # One relay per service publishes, so events leave in the order they were written;
                 # the others stand by until its connection, and so its lock, is gone.
-                self._holds_lock = bool(await self._listener.fetchval(db.TRY_LOCK, "outbox-relay"))
+                self._holds_lock = bool(await self._conn.fetchval(db.TRY_LOCK, "outbox-relay"))
                 if self._holds_lock:
                     log.info("outbox relay active")
         except (*db.CONNECTION_ERRORS, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             await self.close()  # polling carries on until the database is back
-            log.warning("outbox listener unavailable", extra={"error": str(exc)})
+            log.warning("outbox relay connection unavailable", extra={"error": str(exc)})
 
     async def close(self) -> None:
         self._holds_lock = False
-        if self._listener is not None:
+        if self._conn is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._listener.close(), timeout=5)
-            self._listener = None
+                await asyncio.wait_for(self._conn.close(), timeout=5)
+            self._conn = None

@@ -117,9 +117,9 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
 
 async def _outbox_relay(app: web.Application) -> AsyncIterator[None]:
     s, spec = app[SETTINGS], app[SPEC]
-    relay = Relay(pool=app[POOL], dsn=s.database_url, schema=spec.schema, publisher=app[PUBLISHER],
-                  metrics=app[METRICS], batch_size=s.outbox_batch_size, poll_interval_s=s.outbox_poll_interval_s,
-                  connect_timeout_s=s.connect_timeout_s)
+    relay = Relay(dsn=s.database_url, schema=spec.schema, publisher=app[PUBLISHER], metrics=app[METRICS],
+                  batch_size=s.outbox_batch_size, poll_interval_s=s.outbox_poll_interval_s,
+                  connect_timeout_s=s.connect_timeout_s, command_timeout_s=s.db_command_timeout_s)
     relay_stopping = asyncio.Event()
     task = asyncio.create_task(relay.run(relay_stopping), name=f"{spec.name}-outbox-relay")
     app[AMQP].reconnect_callbacks.add(lambda *_: relay.wake())
