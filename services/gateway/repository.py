@@ -56,7 +56,7 @@ def tenant_directory(pool: asyncpg.Pool, ttl_s: float) -> ReadThrough[str, Tenan
     """Tenants are looked up on every webhook: read through a short cache."""
 
     async def load(tenant_id: str) -> Tenant | None:
-        async with db.transaction(pool, acquire_timeout=2.0) as conn:
+        async with db.connection(pool, acquire_timeout=2.0) as conn:  # one statement: no transaction
             return await get_tenant(conn, tenant_id)
 
     return ReadThrough(load, ttl_s)

@@ -89,7 +89,7 @@ class ApiKeys:
         return principal
 
     async def _load(self, key_id: str) -> asyncpg.Record | None:
-        async with db.transaction(self._pool, acquire_timeout=2.0) as conn:
+        async with db.connection(self._pool, acquire_timeout=2.0) as conn:  # one statement: no transaction
             return await conn.fetchrow(
                 "SELECT tenant_id, role, secret_hash, revoked_at FROM api_keys WHERE key_id = $1", key_id)
 
