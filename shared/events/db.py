@@ -92,21 +92,15 @@ async def connection(pool: asyncpg.Pool, *, acquire_timeout: float = 10.0,
     except (*CONNECTION_ERRORS, OSError, TimeoutError) as exc:
         raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
     try:
-        async with transaction_on(conn) if transaction else _outages_of(conn):
+        async with outages(conn), conn.transaction() if transaction else contextlib.nullcontext():
             yield conn
     finally:
         await pool.release(conn)
 
 
 @contextlib.asynccontextmanager
-async def transaction_on(conn: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
-    """One transaction on a connection the caller holds (a pooled one, or a lock holder's own)."""
-    async with _outages_of(conn), conn.transaction():
-        yield conn
-
-
-@contextlib.asynccontextmanager
-async def _outages_of(conn: asyncpg.Connection) -> AsyncIterator[None]:
+async def outages(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """Work on a connection the caller holds: losing it surfaces as DatabaseUnavailable."""
     try:
         yield
     except Exception as exc:

@@ -27,20 +27,25 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::
                      $7::text[], $8::jsonb[])
 """
 
-_CLAIM = """
-SELECT seq, event_id, event_type, correlation_id, occurred_at, exchange, routing_key, body, headers
-FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
-"""
+_COLUMNS = "seq, event_id, event_type, correlation_id, occurred_at, exchange, routing_key, body, headers"
 
-_DELETE = "DELETE FROM outbox WHERE seq = ANY($1::bigint[])"
+# The relay alone claims (it holds the lock), so a plain read is enough: no row lock, no transaction.
+_CLAIM = f"SELECT {_COLUMNS} FROM outbox ORDER BY seq LIMIT $1"
 
-# An event no queue is bound for is parked where `wabus failed` shows it, not retried forever.
-_PARK = """
-INSERT INTO failed_events (subscription, event_id, event_type, tenant_id, body, headers, reason, attempts,
-                           requeue_exchange, requeue_routing_key)
-SELECT 'outbox', event_id::text, event_type, body::jsonb ->> 'tenant_id', convert_to(body, 'UTF8'), headers,
-       $2, 1, exchange, routing_key
-FROM outbox WHERE seq = $1
+# A batch is settled and the next one claimed in one round trip. All parts see the outbox as the
+# statement began, so the claim leaves out the rows being deleted. An event no queue is bound for is
+# parked where `wabus failed` shows it, in the same statement as its delete, not retried forever.
+_SETTLE_AND_CLAIM = f"""
+WITH parked AS (
+    INSERT INTO failed_events (subscription, event_id, event_type, tenant_id, body, headers, reason, attempts,
+                               requeue_exchange, requeue_routing_key)
+    SELECT 'outbox', o.event_id::text, o.event_type, o.body::jsonb ->> 'tenant_id', convert_to(o.body, 'UTF8'),
+           o.headers, p.reason, 1, o.exchange, o.routing_key
+    FROM unnest($2::bigint[], $3::text[]) AS p(seq, reason) JOIN outbox o USING (seq)
+), settled AS (
+    DELETE FROM outbox WHERE seq = ANY($1::bigint[])
+)
+SELECT {_COLUMNS} FROM outbox WHERE seq <> ALL($1::bigint[]) ORDER BY seq LIMIT $4
 """
 
 _BACKLOG = "SELECT count(*), extract(epoch FROM clock_timestamp() - min(created_at)) FROM outbox"
@@ -126,33 +131,30 @@ class Relay:
         """Publish until the outbox is empty or the broker fails; returns rows published (none while
         another relay of the service holds the lock, or the database is out of reach)."""
         await self._ensure_connected()
+        conn = self._conn
+        if conn is None or not self.is_active:
+            return 0
         total = 0
-        while self._conn is not None and self.is_active:
-            published, claimed = await self._publish_batch(self._conn)
-            total += published
-            if published < claimed:
-                raise PublishFailed(f"{claimed - published} of {claimed} outbox rows not confirmed")
-            if claimed < self._batch_size:
-                break
-        return total
-
-    async def _publish_batch(self, conn: asyncpg.Connection) -> tuple[int, int]:
-        async with db.transaction_on(conn):
+        async with db.outages(conn):
             rows = await conn.fetch(_CLAIM, self._batch_size)
-            if not rows:
-                return 0, 0
-            failures = await self._publisher.send_many([_outgoing(r) for r in rows])
-            # Delete only the rows whose own confirm arrived.
-            settled = [r["seq"] for r, failure in zip(rows, failures, strict=True) if failure is None]
-            for row, failure in zip(rows, failures, strict=True):
-                if failure is not None and failure.reason == "unroutable":
-                    await conn.execute(_PARK, row["seq"], str(failure))
+            while rows:
+                failures = await self._publisher.send_many([_outgoing(r) for r in rows])
+                # Delete only the rows whose own confirm arrived, and the unroutable ones, parked.
+                settled = [r["seq"] for r, failure in zip(rows, failures, strict=True) if failure is None]
+                parked = [(r, f) for r, f in zip(rows, failures, strict=True)
+                          if f is not None and f.reason == "unroutable"]
+                settled += [r["seq"] for r, _ in parked]
+                unconfirmed = len(rows) - len(settled)
+                rows = await conn.fetch(_SETTLE_AND_CLAIM, settled, [r["seq"] for r, _ in parked],
+                                        [str(f) for _, f in parked], 0 if unconfirmed else self._batch_size)
+                total += len(settled)
+                for row, failure in parked:
                     self._metrics.dead_letters.labels(self._metrics.service, "outbox", "unroutable").inc()
                     log.error("unroutable event parked", extra={"event_id": str(row["event_id"]),
                                                                 "event": row["event_type"], "error": str(failure)})
-                    settled.append(row["seq"])
-            await conn.execute(_DELETE, settled)
-            return len(settled), len(rows)
+                if unconfirmed:
+                    raise PublishFailed(f"{unconfirmed} of {len(settled) + unconfirmed} outbox rows not confirmed")
+        return total
 
     def wake(self) -> None:
         """Drain now (the broker is back, say) instead of at the next poll."""

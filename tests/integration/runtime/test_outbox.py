@@ -241,26 +241,26 @@ async def test_an_event_no_queue_is_bound_for_is_parked_visibly_and_does_not_hol
         await pool.close()
 
 
-async def test_the_relays_connection_plans_each_delete_for_the_outbox_as_it_is_now(isolated):
-    # The relay's delete runs first against a nearly empty outbox. Cached, that plan reads the whole
-    # table, and the table grows under load; the relay's connection must not keep it.
+async def test_the_relays_connection_plans_each_settling_for_the_outbox_as_it_is_now(isolated):
+    # The relay settles its first batches while the outbox is nearly empty. Cached, that plan reads the
+    # whole table, and the table grows under load; the relay's connection must not keep it.
     conn = await db.connect(isolated.database_url, "scheduler", timeout=5, plan_each_time=True)
     try:
-        await conn.execute(f"PREPARE delete_settled AS {outbox._DELETE}")
+        await conn.execute(f"PREPARE settle_and_claim AS {outbox._SETTLE_AND_CLAIM}")
         for _ in range(8):  # more passes than PostgreSQL plans afresh before it may cache a plan
-            async with db.transaction_on(conn):
-                await outbox.add(conn, [turn(n) for n in range(12)])
+            await outbox.add(conn, [turn(n) for n in range(12)])
             seqs = ",".join(str(r["seq"]) for r in await conn.fetch("SELECT seq FROM outbox"))
-            await conn.execute(f"EXECUTE delete_settled('{{{seqs}}}')")
-        async with db.transaction_on(conn):
-            await outbox.add(conn, [turn(n) for n in range(5000)])
-        plan = json.loads(await conn.fetchval("EXPLAIN (FORMAT JSON) EXECUTE delete_settled('{1, 2}')"))
+            await conn.execute(f"EXECUTE settle_and_claim('{{{seqs}}}', '{{}}', '{{}}', 200)")
+        await outbox.add(conn, [turn(n) for n in range(5000)])
+        plan = json.loads(await conn.fetchval(
+            "EXPLAIN (FORMAT JSON) EXECUTE settle_and_claim('{1, 2}', '{}', '{}', 200)"))
     finally:
         await conn.close()
 
-    scans = _node_types(plan[0]["Plan"])
-    assert "Seq Scan" not in scans and {"Index Scan", "Bitmap Index Scan"} & scans, scans
+    scans = _scans(plan[0]["Plan"])
+    assert ("Seq Scan", "outbox") not in scans and ("Index Scan", "outbox_pkey") in scans, scans
 
 
-def _node_types(node: dict) -> set[str]:
-    return {node["Node Type"]}.union(*(_node_types(child) for child in node.get("Plans", [])))
+def _scans(node: dict) -> set[tuple[str, str]]:
+    here = {(node["Node Type"], node.get("Index Name") or node.get("Relation Name", ""))}
+    return here.union(*(_scans(child) for child in node.get("Plans", [])))
